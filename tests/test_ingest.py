@@ -90,6 +90,16 @@ def test_portrait_and_huge_frames_are_centre_cropped(video_dir):
   assert len(clip.frames) == int(np.ceil(clip.duration_s * 10 - 1e-6))
 
 
+def test_rotated_phone_video_is_stored_upright(tmp_path):
+  """Stored 64x32, red left half, display matrix "rotate 90 degrees counter-clockwise": shown as portrait with
+  blue on top and red at the bottom (a phone held upright)."""
+  from data_pipeline.synthetic_video import make_video
+  path = make_video(str(tmp_path / "rot.mp4"), width=64, height=32, rotation=90, halves=True)
+  img = decode(ingest.convert_video(path, None, None, [], ingest.Options(size=16)).frames[0]).astype(float)
+  np.testing.assert_allclose(img[:3].mean(axis=(0, 1)), [0, 0, 255], atol=20)
+  np.testing.assert_allclose(img[-3:].mean(axis=(0, 1)), [255, 0, 0], atol=20)
+
+
 def test_strict_stops_at_first_bad_input(video_dir, tmp_path):
   src, _ = video_dir
   with pytest.raises(ingest.IngestError, match=r"corrupt\.mp4: corrupt"):
