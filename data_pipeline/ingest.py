@@ -148,10 +148,8 @@ def _decode_audio(container, stream, start_s, end_s, sample_rate):
   """All audio in [start_s, end_s] as mono f32 at `sample_rate`, and the time (s) of its first sample."""
   import av
   import soxr
-  resampler = None
+  resampler = stream_resampler = None
   chunks, t0 = [], None
-  src_rate = stream.codec_context.sample_rate
-  stream_resampler = None
   if start_s:
     _seek(container, start_s)
   for frame in container.decode(stream):
@@ -159,6 +157,7 @@ def _decode_audio(container, stream, start_s, end_s, sample_rate):
       break
     if resampler is None:
       src_rate = frame.sample_rate
+      # The stream's first rate is kept throughout (swresample follows any mid-stream change);
       # swresample converts any sample format to planar float, keeping the channels; we downmix ourselves.
       resampler = av.AudioResampler(format="fltp", rate=src_rate)
       stream_resampler = soxr.ResampleStream(src_rate, sample_rate, 1, dtype="float32", quality="HQ")
@@ -167,12 +166,12 @@ def _decode_audio(container, stream, start_s, end_s, sample_rate):
     for out in resampler.resample(frame):
       chunks.append(stream_resampler.resample_chunk(_downmix(out)))
   if resampler is None:
-    return np.zeros([0], np.float32), 0.0, src_rate
+    return np.zeros([0], np.float32), 0.0
   for out in resampler.resample(None):
     chunks.append(stream_resampler.resample_chunk(_downmix(out)))
   chunks.append(stream_resampler.resample_chunk(np.zeros([0], np.float32), last=True))
   audio = np.concatenate(chunks).astype(np.float32)
-  return np.clip(audio, -1.0, 1.0), t0, src_rate
+  return np.clip(audio, -1.0, 1.0), t0
 
 
 def _frame_to_jpeg(frame, size, quality):
@@ -277,7 +276,7 @@ def convert_video(path: str, start_s: float | None, end_s: float | None, labels:
       for s in (vstream, astream):
         if s.codec_context is None:
           return Skip(path, "unsupported_codec", f"no decoder for the {s.type} stream (#{s.index})")
-      audio, audio_t0, _ = _decode_audio(container, astream, start_s, end_s, options.sample_rate)
+      audio, audio_t0 = _decode_audio(container, astream, start_s, end_s, options.sample_rate)
       if audio.size == 0:
         return Skip(path, "zero_duration", "no audio samples in the requested span")
       audio_end = audio_t0 + audio.size / options.sample_rate

@@ -7,7 +7,7 @@ from PIL import Image
 
 from data_pipeline import ingest, schema
 from data_pipeline import input as inp
-from tests.video_fixtures import EVENTS, flash_click_video  # noqa: F401  (fixture)
+from tests.video_fixtures import flash_click_video  # noqa: F401  (fixture)
 
 SR = 16000
 
