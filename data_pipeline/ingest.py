@@ -27,8 +27,8 @@ Per clip (`convert_video`, a pure function that the Beam pipeline reuses):
 Bad input never stops the run: each input is skipped with one of the reasons `unreadable` (missing or
 unreadable path), `corrupt` (not a decodable media file, or decoding failed), `truncated` (decoding stops well
 before the declared duration), `no_audio`, `no_video`, `unsupported_codec` (no decoder for a stream),
-`zero_duration` (nothing inside the requested span), `bad_range` (end before start); logged with path and
-reason and listed in `manifest.json`. `--strict` turns the first skip into an error.
+`zero_duration` (an empty file, or nothing inside the requested span), `bad_range` (end before start);
+logged with path and reason and listed in `manifest.json`. `--strict` turns the first skip into an error.
 
 Resume: inputs are assigned to shards in a fixed order; a shard is written to a temporary name and renamed,
 then a small record of its clips and skips is renamed into `OUTPUT/.ingest/`. Re-running the same command
@@ -116,6 +116,8 @@ def _open(path: str):
   if not os.path.isfile(path) or not os.access(path, os.R_OK):
     return None, Skip(path, "unreadable", "no such file" if not os.path.exists(path) else
                       "not a readable regular file")
+  if os.path.getsize(path) == 0:  # Typically a failed download or copy.
+    return None, Skip(path, "zero_duration", "empty file (0 bytes)")
   try:
     return av.open(path), None
   except (PermissionError, IsADirectoryError, FileNotFoundError) as e:

@@ -53,6 +53,7 @@ def make_video(path: str, *, seconds: float = 1.0, fps: float = 25.0, width: int
     if audio:
       as_ = out.add_stream(acodec, rate=sample_rate)
       as_.layout = {1: "mono", 2: "stereo", 6: "5.1"}[channels]
+    out.start_encoding()  # Headers even when no frame follows (seconds=0: a zero-duration file).
     # Video frames.
     if vs is not None:
       t, i = 0.0, 0

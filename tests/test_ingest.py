@@ -131,13 +131,14 @@ def test_csv_spans_labels_vocabulary_and_unreadable(video_dir, tmp_path):
       f"{src}/good.mp4,0.2,0.7,dog;cat\n"
       f'{src}/stereo48k.mkv,,,"cat"\n'
       "missing/nothing.mp4,,,dog\n"
-      f"{src}/good.mp4,0.8,0.3,dog\n")
+      f"{src}/good.mp4,0.8,0.3,dog\n"
+      f"{src}/good.mp4,5.0,6.0,dog\n")
   vocab = tmp_path / "vocab.csv"
   vocab.write_text("index,mid,display_name\n0,/m/0bt9lr,dog\n1,/m/01yrx,cat\n")
   out = str(tmp_path / "out")
   m = ingest.ingest(str(csv_path), out, labels_csv=str(vocab), workers=1, progress=False)
   assert m["clips"] == 2 and m["num_classes"] == 2
-  assert {s["reason"] for s in m["skipped"]} == {"unreadable", "bad_range"}
+  assert [s["reason"] for s in m["skipped"]] == ["unreadable", "bad_range", "zero_duration"]
   clips = list(schema.read_clips(schema.list_shards(out, "train")))
   span = clips[0]
   assert (span.start_us, span.end_us) == (200_000, 700_000)
