@@ -171,6 +171,12 @@ def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_sec
     _check("num_classes", num_classes, num_classes >= 1, ">= 1")
   _check("multi_label", multi_label, not multi_label or num_classes is not None, "True only with num_classes")
 
+  if train and all(os.path.exists(f) for f in files):
+    # An empty share would make the infinite training stream end (or spin) without a word.
+    share = examples_per_process(files, process_count)[process_index]
+    if share == 0:
+      raise ValueError(f"make_dataset: process {process_index} of {process_count} gets no training records "
+                       f"from {len(files)} files ({files[0]!r}, ...).")
   n_samples = int(round(clip_seconds * sample_rate))
   n_frames = max(1, int(round(clip_seconds * fps)))
   local_files, shard_records = process_files(files, process_index, process_count)

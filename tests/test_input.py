@@ -117,6 +117,8 @@ def test_bad_arguments_and_sample_rate_mismatch(shard_sets):
     inp.make_dataset(shard_sets[2], batch_size=2, train=False, process_index=3, process_count=3, **KW)
   with pytest.raises(ValueError, match="frame_size"):
     inp.make_dataset(shard_sets[2], batch_size=2, train=False, **{**KW, "frame_size": 0})
+  with pytest.raises(ValueError, match="no training records"):
+    inp.make_dataset(shard_sets[2][:1], batch_size=2, train=True, process_index=12, process_count=13, **KW)
   tf = schema.import_tf()
   with pytest.raises(tf.errors.InvalidArgumentError, match="sample_rate=8000"):
     list(inp.make_dataset(shard_sets[2], batch_size=2, train=False, **{**KW, "sample_rate": 8000}))
