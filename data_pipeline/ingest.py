@@ -379,7 +379,8 @@ def read_inputs(input_path: str, labels_csv: str | None = None) -> tuple[list[Jo
       paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(VIDEO_EXTENSIONS)]
     if not paths:
       raise IngestError(f"No video files ({', '.join(VIDEO_EXTENSIONS)}) under {input_path!r}.")
-    jobs = [Job(path=p, video_id=os.path.relpath(p, input_path)) for p in paths]
+    # Absolute paths: the resume fingerprint must not depend on the working directory.
+    jobs = [Job(path=os.path.abspath(p), video_id=os.path.relpath(p, input_path)) for p in paths]
     rows_labels = [[] for _ in jobs]
   elif os.path.isfile(input_path):
     base = os.path.dirname(os.path.abspath(input_path))
