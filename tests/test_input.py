@@ -211,5 +211,5 @@ def test_eval_resize_matches_pil_reference(tmp_path):
   square = Image.fromarray(stored[:, 8:32])
   ref = np.asarray(square.resize((8, 8), Image.BILINEAR), dtype=float)
   got = b["frames"][0, 0].astype(float)
-  # (Measured: mean 1.2, max 7; a stretched frame would differ by ~13 on average, no antialiasing by ~36.)
+  # (Measured: mean 1.2, max 7; a stretched frame would differ by ~13 on average, nearest-neighbour by ~36.)
   assert np.abs(got - ref).mean() < 2 and np.abs(got - ref).max() < 10
