@@ -154,7 +154,7 @@ def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_sec
   """This process's batches (see the module docstring for keys, shapes, alignment and sharding).
 
   Train: infinite, shuffled (seeded per process), drop_remainder, random aligned crop, optional random crop
-  and flip. Eval: one pass in file order, centre crop (`full_clip`: the crop starts at 0 instead, so pass
+  and flip; the same seed, files and process index give the same batches. Eval: one pass in file order, centre crop (`full_clip`: the crop starts at 0 instead, so pass
   the stored clip length as clip_seconds to keep whole clips), last batch padded with `mask` False.
   """
   tf = schema.import_tf()
@@ -192,7 +192,7 @@ def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_sec
     fds = tf.data.Dataset.from_tensor_slices(local_files)
     fds = fds.shuffle(len(local_files), seed=process_seed, reshuffle_each_iteration=True).repeat()
     ds = fds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(local_files), 16),
-                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   else:
     ds = tf.data.TFRecordDataset(local_files)
   if train:
@@ -224,7 +224,7 @@ def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_sec
           out["label"] = tf.cast(labels[0], tf.int32)
     return out
 
-  ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not train)
+  ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   if train:
     ds = ds.batch(batch_size, drop_remainder=True)
@@ -238,7 +238,8 @@ def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_sec
       ds = ds.concatenate(tf.data.Dataset.from_tensors(pad_elem).repeat(pad))
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
+  # Deterministic order (still parallel): the same seed gives the same batches, so runs are reproducible.
   options = tf.data.Options()
-  options.deterministic = not train
+  options.deterministic = True
   ds = ds.with_options(options)
   return ds.prefetch(tf.data.AUTOTUNE)
