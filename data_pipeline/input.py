@@ -154,8 +154,10 @@ def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_sec
   """This process's batches (see the module docstring for keys, shapes, alignment and sharding).
 
   Train: infinite, shuffled (seeded per process), drop_remainder, random aligned crop, optional random crop
-  and flip; the same seed, files and process index give the same batches. Eval: one pass in file order, centre crop (`full_clip`: the crop starts at 0 instead, so pass
-  the stored clip length as clip_seconds to keep whole clips), last batch padded with `mask` False.
+  and flip; the same seed, files and process index give the same batches.
+  Eval: one pass in file order, centre crop (`full_clip`: the crop starts at 0 instead, so pass the stored
+  clip length as clip_seconds to keep whole clips), last batch padded with `mask` False; every process yields
+  `num_eval_batches(files, batch_size, process_count)` batches.
   """
   tf = schema.import_tf()
   files = list(files)
