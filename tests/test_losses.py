@@ -56,7 +56,7 @@ def test_info_nce_grads_float64():
     za, zb = jnp.asarray(e["logmel"], jnp.float64), jnp.asarray(e["video"], jnp.float64)
     t = jnp.asarray(0.2, jnp.float64)
     assert (za @ zb.T).dtype == jnp.float64
-    check_grads(lambda a, b, t: losses.info_nce(a, b, t)[0], (za, zb, t), order=2, modes=("rev",),
+    check_grads(lambda a, b, t: losses.info_nce(a, b, t)[0], (za, zb, t), order=1, modes=("rev",),
                 eps=1e-4, atol=1e-5, rtol=1e-5)
     fn = lambda a, b, t: losses.contrastive_loss({"logmel": a, "video": b}, {"logmel_video": 1.0}, t,
                                                  impl="tiled", tile_size=5)[0]
