@@ -208,7 +208,11 @@ def log_mel_spectrogram(audio: jax.Array, *, sample_rate: int, n_fft: int, win_l
   else:
     # rfft zero-pads at the end instead of centring the window in the frame: a circular shift of the
     # n_fft-sample sequence, which changes only the phases, not the power spectrum.
-    spec = jnp.fft.rfft(frames * jnp.asarray(_hann(win_length), jnp.float32), n=n_fft, axis=-1)
+    # The explicit pad lets XLA fuse it with the window multiply; rfft(..., n=n_fft) measured ~1.7x
+    # slower on XLA:CPU.
+    windowed = jnp.pad(frames * jnp.asarray(_hann(win_length), jnp.float32),
+                       ((0, 0), (0, 0), (0, n_fft - win_length)))
+    spec = jnp.fft.rfft(windowed, axis=-1)
     power = jnp.square(spec.real) + jnp.square(spec.imag)
   mel_power = power @ jnp.asarray(mel, jnp.float32)  # [b, T, n_mels]
   return jnp.log(mel_power + log_offset)
