@@ -7,10 +7,12 @@ power 2, Slaney-normalised triangular mel filters in the Slaney or HTK mel scale
 How it is computed, and why:
 - Framing is one gather with a constant index table (faster on XLA:CPU than concatenated strided
   slices, which we tried first).
-- The DFT is `jnp.fft.rfft` of the windowed n_fft frames (default). The alternative `dft="matmul"`
+- Only the win_length non-zero samples of each n_fft frame are framed. The DFT (default) is
+  `jnp.fft.rfft` of the windowed samples zero-padded at the end to n_fft: a circular shift of the
+  centred frame, so the same power spectrum. The alternative `dft="matmul"`
   multiplies the win_length non-zero samples of each frame by a windowed cos|sin DFT matrix (numpy
   float64 at trace time, phases shifted by the window's offset in the frame); it costs ~20x the FFT's
-  FLOPs and measured 1.3-3x slower on this 2-core CPU, but may win on matrix units (TPU/GPU).
+  FLOPs and measured 2-2.5x slower (CPU time) on this 2-core CPU, but may win on matrix units (TPU/GPU).
   `benchmarks/frontend.py` times both.
 - The mel filterbank is built in numpy float64 at trace time and applied as a matmul.
 """
