@@ -58,6 +58,32 @@ def test_default_model_audio_shapes_and_norms(seconds):
   assert feats.shape == (4, model.audio_feature_dim) == (4, c.model.logmel.width * 2 ** (c.model.logmel.depth - 1))
 
 
+@pytest.mark.parametrize("seconds", [1.0, 3.0])
+def test_res1dnet_and_resnet_audio_shapes_and_norms(seconds):
+  c = _cfg(**{"logmel.name": "resnet", "logmel.width": 4, "logmel.depth": 3, "logmel.blocks": 1,
+              "wave.name": "res1dnet31", "wave.width": 4, "wave.depth": 4, "video.name": "", "embed_dim": 32})
+  model = build_model(c.model, c.audio, rngs=nnx.Rngs(0))
+  n = int(seconds * SR)
+  x = {"wave": _rand(0, (4, n)), "logmel": _rand(1, (4, _frames(seconds, c), 64))}
+  for train in (True, False):
+    out = _forward(model, x, train)
+    for k in x:
+      assert out[k].shape == (4, 32)
+      _assert_unit_rows(out[k], 32)
+  assert model.encode("wave", x["wave"]).shape == (4, 4 * 8)
+  assert model.encode("logmel", x["logmel"]).shape == (4, 4 * 4)
+  assert model.audio_feature_dim == 16  # log-mel encoder first when both are present
+
+
+def test_res1dnet_min_samples_error():
+  from avcl.models.res1dnet import Res1dNet, min_samples
+  assert min_samples(7) == 20476  # conv0 /5 then six stride-4 stages
+  net = Res1dNet(width=2, depth=3, rngs=nnx.Rngs(0))
+  assert net(jnp.zeros((2, min_samples(3))), train=False).shape == (2, 8)
+  with pytest.raises(ValueError, match=r"depth 3 needs >= 76 samples, got wave of 75"):
+    net(jnp.zeros((2, 75)), train=False)
+
+
 @pytest.mark.parametrize("size", [16, 32, 64, 112])
 def test_default_model_video_shapes_and_norms(size):
   c = _cfg()
@@ -144,6 +170,25 @@ def test_full_size_cnn14_param_count():
   # PANNs reports 80.8M for Cnn14, which includes the 527-way AudioSet classifier we do not build.
   assert abs(n + 2048 * 527 + 527 - 80.8e6) / 80.8e6 < 0.005
   assert model.encoders["logmel"].feature_dim == 2048
+
+
+def test_full_size_res1dnet31_param_count():
+  c = _cfg(**{"wave.name": "res1dnet31", "wave.width": 64, "wave.depth": 7, "logmel.name": "", "video.name": ""})
+  model = _abstract(c)
+  n = count_params(model.encoders["wave"])
+  # Independent count: conv0 (11 taps), per stage two blocks of two k3 convs, 1x1 projection where the
+  # shape changes, BN scale+bias after every conv, fc1 with bias.
+  ch = [64 * m for m in (1, 2, 4, 8, 16, 16, 32)]
+  ref, cin = 11 * 64 + 2 * 64, 64
+  for i, cout in enumerate(ch):
+    for j in range(2):
+      ref += 3 * cin * cout + 3 * cout * cout + 4 * cout
+      if (i > 0 and j == 0) or cin != cout:
+        ref += cin * cout + 2 * cout
+      cin = cout
+  assert n == ref + 2048 * 2048 + 2048
+  # PANNs reports 80.4M for Res1dNet31 including its 527-way AudioSet classifier.
+  assert abs(n + 2048 * 527 + 527 - 80.4e6) / 80.4e6 < 0.005
 
 
 def test_full_size_tsm_resnet50_param_count():
