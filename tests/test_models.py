@@ -32,6 +32,16 @@ def _forward(model, inputs, train):
   return model(inputs, train=train)
 
 
+@nnx.jit(static_argnames=("name", "train"))
+def _encode(model, name, x, train=False):
+  return model.encode(name, x, train=train)
+
+
+@nnx.jit(static_argnames="train")
+def _apply(module, x, train=False):
+  return module(x, train=train)
+
+
 def _rand(key, shape):
   return jax.random.normal(jax.random.key(key), shape, jnp.float32)
 
@@ -54,7 +64,7 @@ def test_default_model_audio_shapes_and_norms(seconds):
     for z in out.values():
       assert z.shape == (4, c.model.embed_dim)
       _assert_unit_rows(z, c.model.embed_dim)
-  feats = model.encode("logmel", x["logmel"])
+  feats = _encode(model, "logmel", x["logmel"])
   assert feats.shape == (4, model.audio_feature_dim) == (4, c.model.logmel.width * 2 ** (c.model.logmel.depth - 1))
 
 
@@ -70,8 +80,8 @@ def test_res1dnet_and_resnet_audio_shapes_and_norms(seconds):
     for k in x:
       assert out[k].shape == (4, 32)
       _assert_unit_rows(out[k], 32)
-  assert model.encode("wave", x["wave"]).shape == (4, 4 * 8)
-  assert model.encode("logmel", x["logmel"]).shape == (4, 4 * 4)
+  assert _encode(model, "wave", x["wave"]).shape == (4, 4 * 8)
+  assert _encode(model, "logmel", x["logmel"]).shape == (4, 4 * 4)
   assert model.audio_feature_dim == 16  # log-mel encoder first when both are present
 
 
@@ -79,9 +89,9 @@ def test_res1dnet_min_samples_error():
   from avcl.models.res1dnet import Res1dNet, min_samples
   assert min_samples(7) == 20476  # conv0 /5 then six stride-4 stages
   net = Res1dNet(width=2, depth=3, rngs=nnx.Rngs(0))
-  assert net(jnp.zeros((2, min_samples(3))), train=False).shape == (2, 8)
+  assert _apply(net, jnp.zeros((2, min_samples(3)))).shape == (2, 8)
   with pytest.raises(ValueError, match=r"depth 3 needs >= 76 samples, got wave of 75"):
-    net(jnp.zeros((2, 75)), train=False)
+    _apply(net, jnp.zeros((2, 75)))
 
 
 @pytest.mark.parametrize("size", [16, 32, 64, 112])
@@ -95,16 +105,17 @@ def test_default_model_video_shapes_and_norms(size):
 
 @pytest.mark.parametrize("size", [16, 32, 64, 112])
 def test_stem_rule_keeps_last_stage_at_least_2x2(size):
-  c = _cfg()
-  model = TSMResNet(width=4, blocks=(1, 1, 1, 1), bottleneck=False, rngs=nnx.Rngs(0))
+  c = _cfg()  # 4 stages: three stride-2 stages after the stem
+  video = build_model(c.model, c.audio, rngs=nnx.Rngs(0)).encoders["video"]
   stride, pool = stem_downsampling(size)
-  s = -(-size // stride)
+  s = -(-size // stride)  # SAME padding: ceil
   s = -(-s // 2) if pool else s
-  for _ in range(3):  # three stride-2 stages after the first
+  for _ in range(len(c.model.video.blocks) - 1):
     s = -(-s // 2)
-  assert s >= 2
-  assert model(_rand(0, (1, 2, size, size, 3)), train=False).shape == (1, 32)
-  del c
+  assert 2 <= s <= 4, s
+
+  fmap = nnx.jit(lambda m, x: m.feature_map(x, train=False))(video, _rand(0, (1, 2, size, size, 3)))
+  assert fmap.shape == (1, 2, s, s, video.feature_dim)
 
 
 def test_linear_head_and_feature_dims():
@@ -329,23 +340,17 @@ def test_temporal_shift_mixes_frames_only_when_enabled():
   y = x.at[:, 0].set(_rand(1, (2, 16, 16, 3)))
   for fraction, mixes in ((0.0, False), (0.125, True)):
     m = TSMResNet(width=8, blocks=(1, 1), bottleneck=False, shift_fraction=fraction, rngs=nnx.Rngs(0))
-    # Per-frame features before pooling: run eval mode and compare pooled outputs of frames 1..3 only.
-    fx = _per_frame_features(m, x)
-    fy = _per_frame_features(m, y)
+    fx, fy = np.asarray(_per_frame_features(m, x)), np.asarray(_per_frame_features(m, y))
+    assert np.max(np.abs(fx[:, 0] - fy[:, 0])) > 1e-3  # frame 0 itself changed
     diff = np.max(np.abs(fx[:, 1:] - fy[:, 1:]))
     assert (diff > 1e-4) == mixes, diff
 
 
+@nnx.jit
 def _per_frame_features(m, x):
-  b, t = x.shape[:2]
-  feats = [np.asarray(m(x, train=False))]
-  del feats
-  stride, pool = stem_downsampling(x.shape[2])
-  h = jax.lax.conv_general_dilated(x.reshape((b * t,) + x.shape[2:]), m.stem.kernel[...], (stride, stride),
-                                   "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  for blk in m.blocks:
-    h = blk(h, num_frames=t, train=False)
-  return np.asarray(h.reshape(b, t, -1))
+  """Last-stage map [b, t, h * w * c]: frame i's entries depend on other frames only through TSM."""
+  fmap = m.feature_map(x, train=False)
+  return fmap.reshape(fmap.shape[:2] + (-1,))
 
 
 # --------------------------------------------------------------------------------- jit and grad
