@@ -397,3 +397,20 @@ def test_remat_gives_same_outputs_and_grads():
   (l0, g0), (l1, g1) = loss_and_grads(False), loss_and_grads(True)
   np.testing.assert_allclose(l0, l1, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), nnx.state(g0), nnx.state(g1))
+
+
+# ---------------------------------------------------------------------------------- sharded BN
+@pytest.mark.parametrize("groups", [1, 8])
+def test_batchnorm_on_sharded_batch(groups):
+  """Global view, batch sharded over 8 devices: groups=1 gives global-batch statistics (bn_sync=True),
+  groups=mesh.size gives each device shard's own statistics (bn_sync=False)."""
+  n = len(jax.devices())
+  assert n == 8, "tests/conftest.py forces 8 CPU devices"
+  mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  x = np.random.default_rng(3).normal(size=(16, 3, 4)) * np.repeat(np.arange(1, 9), 2)[:, None, None] + 1.0
+  sharded = jax.device_put(jnp.asarray(x, jnp.float32),
+                           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  bn = BatchNorm(4, num_groups=groups)
+  y = np.asarray(_apply(bn, sharded, train=True), np.float64)
+  ref = np.concatenate([(s - s.mean((0, 1))) / np.sqrt(s.var((0, 1)) + 1e-5) for s in np.split(x, groups)])
+  np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
