@@ -158,6 +158,17 @@ def test_bad_config_names_the_field(field, value, msg):
     build_model(c.model, c.audio, rngs=nnx.Rngs(0))
 
 
+def test_cnn14_too_few_mels_or_frames():
+  c = _cfg(**{"logmel.depth": 6, "video.name": ""})
+  c.audio.n_mels = 16
+  with pytest.raises(ValueError, match=r"config.audio.n_mels >= 32, got 16"):
+    build_model(c.model, c.audio, rngs=nnx.Rngs(0))
+  c = _cfg(**{"video.name": ""})
+  model = build_model(c.model, c.audio, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"needs >= 8 frames, got 7"):
+    _forward(model, {"logmel": jnp.zeros((2, 7, 64))}, False)
+
+
 def test_no_encoder_at_all_is_an_error():
   c = _cfg(**{"logmel.name": "", "video.name": ""})
   with pytest.raises(ValueError, match="at least one of"):
