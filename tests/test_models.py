@@ -175,6 +175,20 @@ def test_no_encoder_at_all_is_an_error():
     build_model(c.model, c.audio, rngs=nnx.Rngs(0))
 
 
+def test_he_normal_init_statistics():
+  from avcl.models.conv import he_normal, lecun_normal
+  for shape in [(3, 3, 64, 128), (11, 1, 64), (300, 200)]:
+    fan_in = int(np.prod(shape[:-1]))
+    for init, gain in ((he_normal, 2.0), (lecun_normal, 1.0)):
+      w = np.asarray(init(jax.random.key(0), shape), np.float64)
+      assert w.shape == shape
+      se = np.sqrt(gain / fan_in) / np.sqrt(2 * w.size)  # standard error of a normal sample's std
+      assert abs(w.std() - np.sqrt(gain / fan_in)) < 5 * se
+      assert abs(w.mean()) < 5 * np.sqrt(gain / fan_in / w.size)
+  a, b = he_normal(jax.random.key(0), (5, 7)), he_normal(jax.random.key(1), (5, 7))
+  assert not np.allclose(a, b)
+
+
 # ------------------------------------------------------------------------------- param counts
 def _abstract(c):
   return nnx.eval_shape(lambda: build_model(c.model, c.audio, rngs=nnx.Rngs(0)))
