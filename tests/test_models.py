@@ -142,6 +142,8 @@ def test_absent_encoder_input_is_a_clear_error():
     model({"logmel": jnp.zeros((2, 100, 32))}, train=False)
   with pytest.raises(ValueError, match="tsm_resnet expects video"):
     model({"video": jnp.zeros((2, 32, 32, 3))}, train=False)
+  with pytest.raises(ValueError, match="'video' must be floating point.*uint8"):
+    model({"video": jnp.zeros((2, 2, 32, 32, 3), jnp.uint8)}, train=False)
 
 
 @pytest.mark.parametrize("field,value,msg", [
