@@ -21,6 +21,7 @@ class Source:
   text: str = ""
   program: int = -1
   name: str = ""
+  gain_db: float | None = None  # Level relative to the lead source (None: the scene chooses).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +105,11 @@ def render_scene(rng: np.random.Generator, sources: list[Source], *, clip_second
     start = int(rng.integers(int(margin * sample_rate), n - int(margin * sample_rate) - dry.size + 1))
     track = np.zeros(n, np.float32)
     track[start:start + dry.size] = dry / (acoustics.rms(dry) + 1e-9)
-    # The first source leads; the others sit up to 8 dB below it.
-    gain_db = 0.0 if i == 0 else float(rng.uniform(-8.0, 0.0))
+    # The first source leads; unless told otherwise, the others sit up to 8 dB below it.
+    if source.gain_db is not None:
+      gain_db = source.gain_db
+    else:
+      gain_db = 0.0 if i == 0 else float(rng.uniform(-8.0, 0.0))
     placed.append(track * np.float32(10 ** (gain_db / 20)))
     texts.append(text)
     programs.append(program)
