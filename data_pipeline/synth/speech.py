@@ -150,6 +150,15 @@ def random_speaker(rng: np.random.Generator, language: str, voice: str, variant:
                  pitch_range=int(rng.integers(20, 91)), rate=int(rng.integers(120, 221)))
 
 
+def utterance_prosody(rng: np.random.Generator, speaker: Speaker) -> Speaker:
+  """The speaker as heard in one utterance: people never say two things at exactly the same pitch and pace,
+  so pitch, range and rate vary a little around the speaker's own (identity stays the speaker's)."""
+  return dataclasses.replace(
+      speaker, pitch=int(np.clip(speaker.pitch + rng.integers(-6, 7), 0, 100)),
+      pitch_range=int(np.clip(speaker.pitch_range + rng.integers(-10, 11), 0, 100)),
+      rate=int(np.clip(round(speaker.rate * rng.uniform(0.9, 1.1)), 80, 450)))
+
+
 def random_phrase(rng: np.random.Generator, language: str, max_tokens: int = 4) -> str:
   """2..max_tokens tokens: common words, and numbers that eSpeak reads out in the language itself."""
   words = LANGUAGE_BY_CODE[language].words
