@@ -423,10 +423,16 @@ def generate(output: str, clips: int | None = None, seed: int = 0, workers: int 
         total_bytes += sum(len(r) for r in pending)
         pending = []
         group_i += 1
-  finally:
+  except BaseException:
     if pool is not None:
       pool.terminate()
       pool.join()
+    raise
+  else:
+    if pool is not None:
+      pool.close()  # Workers exit normally; their eSpeak servers see end of input and exit too.
+      pool.join()
+  finally:
     if bar is not None:
       bar.close()
 
