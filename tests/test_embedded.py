@@ -49,6 +49,10 @@ def _task(root, task):
     return json.load(f)
 
 
+def names_of(root, task):
+  return _task(root, task)["class_names"]
+
+
 def test_layout_world_json_and_task_json(world):
   root = world["root"]
   with open(os.path.join(root, "world.json")) as f:
@@ -111,8 +115,10 @@ def test_labels_match_what_sounds(world):
   for c in clips["tasks/language/train"]:
     voice = re.match(r"speech\[([^+]+)\+", c.video_id.split(":", 1)[1])[1]
     assert voice in speech.LANGUAGE_BY_CODE[c.label_string[0]].voices
+  english = speech.LANGUAGE_BY_CODE["en"].voices
   for c in clips["tasks/speaker/validation"]:
     assert c.video_id.split(":", 1)[1].startswith(f"speech[{c.label_string[0]}]")
+  assert all(name.split("+")[0] in english for name in names_of(root, "speaker"))
   for c in clips["pretrain/train"]:
     assert all(events.SOUND_EVENT_CLASSES[i] == s for i, s in zip(c.label_index, c.label_string))
     if any(s.startswith(("speech[", "word[")) for s in _sources(c.video_id)):
