@@ -246,3 +246,25 @@ def test_cli_help_and_bad_arguments(capsys, tmp_path):
     assert field in capsys.readouterr().err
   with pytest.raises(ValueError, match="clips"):
     embedded.plan_world(0, 0)
+
+
+def test_input_pipeline_reads_the_world_in_design_shapes(world):
+  from data_pipeline import input as input_lib
+  root = world["root"]
+  train = input_lib.make_dataset(schema.list_shards(os.path.join(root, "pretrain"), "train"), batch_size=4,
+                                 train=True, clip_seconds=2.0, sample_rate=16000, fps=5.0, frame_size=32)
+  batch = next(iter(train.as_numpy_iterator()))
+  assert batch["audio"].shape == (4, 32000) and batch["audio"].dtype == np.float32
+  assert batch["frames"].shape == (4, 10, 32, 32, 3) and batch["frames"].dtype == np.uint8
+  for task in ("keyword", "sound_events"):
+    info = _task(root, task)
+    ds = input_lib.make_dataset(schema.list_shards(os.path.join(root, "tasks", task), "test"), batch_size=3,
+                                train=False, clip_seconds=3.0, sample_rate=16000, fps=10.0, frame_size=64,
+                                num_classes=info["num_classes"], multi_label=info["multi_label"])
+    batches = list(ds.as_numpy_iterator())
+    assert sum(int(b["mask"].sum()) for b in batches) == info["counts"]["test"]
+    labels = batches[0]["label"]
+    if info["multi_label"]:
+      assert labels.shape == (3, info["num_classes"]) and set(np.unique(labels)) <= {0.0, 1.0}
+    else:
+      assert labels.shape == (3,) and labels.dtype == np.int32
