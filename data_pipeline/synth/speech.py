@@ -173,7 +173,8 @@ def random_phrase(rng: np.random.Generator, language: str, max_tokens: int = 4) 
 
 class _Engine:
   """Client of this process's eSpeak NG server (`espeak_server.py`, a lean child process that speaks every
-  utterance in a fresh fork of itself, so that an utterance never depends on those spoken before it)."""
+  utterance in a fresh fork of itself, so that an utterance never depends on those spoken before it).
+  One request at a time: not for concurrent use from several threads."""
 
   def __init__(self):
     import espeakng_loader  # Imported here: only speech needs it.
