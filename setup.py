@@ -29,7 +29,10 @@ setuptools.setup(
         # tinysoundfont renders the soundfont but must be installed with --no-deps (see scripts/setup.sh).
         "espeakng-loader>=0.2,<0.3",
         "pretty-midi>=0.2.10,<0.3",
-        "pillow>=10",
+        # Filters, resampling and reverberation of the embedded world (also a librosa dependency).
+        "scipy>=1.10",
+        # >=10.1: ImageFont.load_default(size=...) draws the written words of the embedded world.
+        "pillow>=10.1",
         "tqdm>=4.60",
         "matplotlib>=3.8",
         "tensorboard>=2.20,<2.22",
