@@ -46,6 +46,7 @@ def test_embedded_task_reads_splits_and_resamples(tmp_path):
   write_task(str(tmp_path), "keyword", False, 4, {"train": 6, "validation": 3, "test": 4})
   task = tasks.get_task("keyword", sample_rate=16000, embedded_root=str(tmp_path))
   assert task.metric == "accuracy" and task.num_classes == 4 and not task.multi_label
+  assert task.count("train") == 6
   test = list(task.examples("test"))
   assert len(test) == 4 and all(len(e.labels) == 1 for e in test)
   assert test[0].audio.shape == (8000,)  # 0.5 s at 16 kHz after resampling from 8 kHz.
@@ -104,9 +105,8 @@ def test_tfds_int_audio_is_scaled_and_resampled(tmp_path):
 @pytest.mark.parametrize("name,hint", [("speech_commands", "tfds build speech_commands --data_dir"),
                                        ("voxceleb", "manual download")])
 def test_missing_tfds_dataset_names_it_and_how_to_prepare(tmp_path, name, hint):
-  task = tasks.get_task(name, sample_rate=16000, tfds_data_dir=str(tmp_path))
   with pytest.raises(tasks.DatasetNotFoundError) as e:
-    next(task.examples("train"))
+    tasks.get_task(name, sample_rate=16000, tfds_data_dir=str(tmp_path))
   assert repr(name) in str(e.value) and hint in str(e.value)
 
 

@@ -56,10 +56,18 @@ class Task:
   source: str  # Where the data is read from (shown in reports and errors).
   read: Callable[[str], Iterator[Example]]
   max_examples: int = 0  # Per split; 0 reads everything.
+  counts: dict[str, int] = dataclasses.field(default_factory=dict)  # Examples per split, where known.
 
   @property
   def metric(self) -> str:
     return "mAP" if self.multi_label else "accuracy"
+
+  def count(self, split: str) -> int | None:
+    """Examples `examples(split)` will yield, where known in advance (for progress bars)."""
+    n = self.counts.get(split)
+    if n is None:
+      return self.max_examples or None
+    return min(n, self.max_examples) if self.max_examples else n
 
   def examples(self, split: str) -> Iterator[Example]:
     if split not in SPLITS:
@@ -122,7 +130,8 @@ def embedded_task(root: str, name: str, *, sample_rate: int, max_examples: int =
 
   return Task(name=name, multi_label=bool(meta["multi_label"]), num_classes=int(meta["num_classes"]),
               class_names=list(meta.get("class_names", [])), sample_rate=sample_rate,
-              source=task_dir, read=read, max_examples=max_examples)
+              source=task_dir, read=read, max_examples=max_examples,
+              counts={k: int(v) for k, v in meta.get("counts", {}).items()})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -184,14 +193,18 @@ def tfds_task(name: str, *, sample_rate: int, data_dir: str | None = None, max_e
     raise ValueError(f"TFDS dataset {name}: its audio feature declares no sample rate")
   is_int = np.issubdtype(np.dtype(audio_feature.np_dtype), np.integer)
 
-  def read(split):
+  def open_split(split):
     try:
-      ds = builder.as_dataset(split=spec.splits[split], shuffle_files=False)
+      return builder.as_dataset(split=spec.splits[split], shuffle_files=False)
     except AssertionError as e:  # TFDS's "could not find data in DIR" when the dataset is not prepared.
       raise DatasetNotFoundError(f"TFDS dataset {name!r} is not prepared in "
                                  f"{data_dir or 'the default TFDS data dir'} ({e}). "
                                  f"{_prepare_hint(base, builder, data_dir)}") from None
-    for i, ex in enumerate(tfds.as_numpy(ds)):
+
+  open_split("test")  # Fails now, naming the dataset, rather than after other tasks ran.
+
+  def read(split):
+    for i, ex in enumerate(tfds.as_numpy(open_split(split))):
       audio = np.asarray(ex["audio"])
       if audio.ndim == 2:  # [samples, channels] -> mono.
         audio = audio.mean(axis=-1)
@@ -202,9 +215,13 @@ def tfds_task(name: str, *, sample_rate: int, data_dir: str | None = None, max_e
         label = label[k]
       yield Example(resample(audio, rate, sample_rate), (int(label),), f"{name}:{split}:{i}")
 
+  counts = {}
+  for ours, theirs in spec.splits.items():
+    if theirs in builder.info.splits:
+      counts[ours] = int(builder.info.splits[theirs].num_examples)
   return Task(name=base, multi_label=False, num_classes=int(label_feature.num_classes),
               class_names=list(label_feature.names), sample_rate=sample_rate,
-              source=f"tfds:{name} ({spec.what})", read=read, max_examples=max_examples)
+              source=f"tfds:{name} ({spec.what})", read=read, max_examples=max_examples, counts=counts)
 
 
 # ----------------------------------------------------------------------------------------------------------
