@@ -13,11 +13,13 @@ Windows are run in batches of `batch_size` (the last batch zero-padded) through 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import tqdm
 from flax import nnx
@@ -62,6 +64,24 @@ def centred_windows(audio: np.ndarray, window: int, hop: int) -> tuple[np.ndarra
   return windows, np.arange(k) * hop
 
 
+def _audio_key(audio_cfg) -> tuple:
+  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in audio_cfg.items()))
+
+
+@functools.lru_cache(maxsize=16)
+def _encode_fn(graphdef, encoder: str, audio_key: tuple):
+  """One jitted `(state, windows f32[b, window]) -> f32[b, dim]` per architecture and frontend, so the
+  pretrained and the randomly initialised encoder (same graph, other weights) share a compilation."""
+  frontend = frontend_lib.from_config(ml_collections.ConfigDict(dict(audio_key))) \
+      if encoder == "logmel" else (lambda x: x)
+
+  @jax.jit
+  def encode(state, windows):
+    return nnx.merge(graphdef, state).encode(encoder, frontend(windows), train=False)
+
+  return encode
+
+
 class Embedder:
   """Jitted, batched embeddings from the audio encoder of an `AVModel` (frozen: eval-mode BatchNorm).
 
@@ -88,18 +108,8 @@ class Embedder:
       raise ValueError("eval hop_seconds / timestamp_hop_seconds are below one sample")
     self.batch_size = int(batch_size)
     self.dim = int(model.encoders[self.encoder].feature_dim)
-    frontend = frontend_lib.from_config(audio_cfg) if self.encoder == "logmel" else (lambda x: x)
-    graphdef, state = nnx.split(model)
-    self._state = state
-    name = self.encoder
-
-    @jax.jit
-    def encode(state, windows):
-      """windows f32[batch, window] -> features f32[batch, dim]."""
-      m = nnx.merge(graphdef, state)
-      return m.encode(name, frontend(windows), train=False)
-
-    self._encode = encode
+    graphdef, self._state = nnx.split(model)
+    self._encode = _encode_fn(graphdef, self.encoder, _audio_key(audio_cfg))
 
   def window_features(self, windows: np.ndarray) -> np.ndarray:
     """f32[m, window] -> f32[m, dim], in batches of `batch_size` (the last one zero-padded)."""

@@ -77,6 +77,11 @@ def standardize(train_x: np.ndarray, *others: np.ndarray, eps: float = 1e-8) -> 
   return [((np.asarray(a, np.float64) - mean) / std).astype(np.float32) for a in (train_x, *others)]
 
 
+def _pad_columns(x: np.ndarray, multiple: int) -> np.ndarray:
+  pad = -x.shape[1] % multiple
+  return np.pad(x, ((0, 0), (0, pad))) if pad else x
+
+
 def score(logits: np.ndarray, y: np.ndarray, multi_label: bool) -> float:
   """The task metric: mAP for multi-label tasks, top-1 accuracy otherwise."""
   if multi_label:
@@ -225,7 +230,9 @@ def linear_probe(train: Split, val: Split, test: Split, *, num_classes: int, mul
                  seed: int = 0, progress: bool = True, desc: str = "linear probe") -> ProbeResult:
   """Linear probe with hyperparameters picked on validation. Inputs are standardised here."""
   _check_inputs(train, val, test, num_classes, multi_label)
-  xtr, xva, xte = standardize(train.x, val.x, test.x)
+  # Zero feature columns up to a multiple of 128: their weights stay exactly 0 (no gradient but the L2
+  # term), so the solution is unchanged, and embeddings of different widths share one compiled solver.
+  xtr, xva, xte = (_pad_columns(x, 128) for x in standardize(train.x, val.x, test.x))
   train, val, test = Split(xtr, train.y), Split(xva, val.y), Split(xte, test.y)
   y = jnp.asarray(train.y, jnp.float32 if multi_label else jnp.int32)
   best = (-np.inf, None, None)
