@@ -36,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  logging.basicConfig(level=logging.WARNING, format="%(message)s")
+  logging.getLogger("avcl").setLevel(logging.INFO)  # Our progress lines, without orbax's INFO chatter.
   from avcl.evaluate import runner
   config = None
   overrides = {"data.root": args.data_root, "eval.tfds_data_dir": args.tfds_data_dir,
