@@ -176,3 +176,20 @@ def test_bad_config_names_field(field, value):
     parent[name] = value
   with pytest.raises(ValueError, match=f"config.augment.{field}"):
     augment.validate_config(c)
+
+
+def test_augment_batch_sharded_equals_unsharded():
+  """Global-view code: the same key and batch give the same result on 1 device and on 8 shards."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  c = get_config()
+  c.augment.mix.audio_domain = "logmel"
+  fe = frontend.from_config(c.audio)
+  batch = _batch(b=16)
+  run = jax.jit(lambda k, b: augment.augment_batch(k, b, c.augment, num_shards=8, frontend=fe))
+  ref = run(jax.random.key(7), batch)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
+  out = run(jax.random.key(7), sharded)
+  assert out["logmel"].sharding.spec[0] == "data"  # Stays sharded over the batch axis.
+  for k in ref:
+    np.testing.assert_allclose(np.asarray(out[k]), np.asarray(ref[k]), rtol=1e-5, atol=1e-5)
