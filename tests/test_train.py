@@ -180,6 +180,8 @@ def test_pair_needing_an_absent_encoder_is_rejected():
 def test_default_configs_are_valid():
   config_validation.validate_config(default_config.get_config(), num_devices=8)
   config_validation.validate_config(test_tiny.get_config(), num_devices=8)
+  from configs import paper_audioset  # pylint: disable=g-import-not-at-top
+  config_validation.validate_config(paper_audioset.get_config(), num_devices=256)
 
 
 def test_invalid_config_fails_before_anything_is_built(tmp_path, monkeypatch):
