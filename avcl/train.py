@@ -16,7 +16,6 @@ so the same global batch gives the same step on 1 or 8 devices, 1 or 2 processes
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import signal

@@ -22,10 +22,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env():
   e = dict(os.environ)
   e.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-           JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+           JAX_COMPILATION_CACHE_DIR=tiny_data.JAX_CACHE_DIR,
            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
   return e
 
