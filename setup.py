@@ -22,6 +22,9 @@ setuptools.setup(
         "numpy>=1.26",
         # Video decoding for ingest; the wheels bundle FFmpeg (x264, AAC), so no system package is needed.
         "av>=14,<19",
+        # High-quality audio resampling in ingest (also a librosa dependency) and the record protobufs.
+        "soxr>=0.3",
+        "protobuf>=3.20",
         # The embedded world: eSpeak NG's library and voices, and the TimGM6mb.sf2 General MIDI soundfont.
         # tinysoundfont renders the soundfont but must be installed with --no-deps (see scripts/setup.sh).
         "espeakng-loader>=0.2,<0.3",

@@ -5,15 +5,16 @@ Numerically this is `log(librosa.feature.melspectrogram(y, ...) + log_offset)` w
 power 2, Slaney-normalised triangular mel filters in the Slaney or HTK mel scale).
 
 How it is computed, and why:
-- Framing uses `ceil(win_length / hop_length)` strided slices of the padded signal (reshaped into hops)
-  concatenated side by side, never a gather: a gather over [frames, window] indices is slow on CPU.
-- Only the `win_length` non-zero samples of each `n_fft` frame enter the transform: the window is zero
-  elsewhere, so the DFT of the zero-padded frame equals a [win_length, n_fft//2+1] DFT matrix whose phases
-  account for the window's offset inside the frame.
-- The DFT is a matmul with a windowed cos|sin matrix (built in numpy float64 at trace time) rather than
-  `jnp.fft.rfft`: it fuses window and transform into one GEMM, which XLA runs at the machine's matmul rate
-  (`benchmarks/frontend.py` measures both, `dft="rfft"` selects the FFT path).
-- The mel filterbank is built in numpy float64 at trace time and applied as a second matmul.
+- Framing is one gather with a constant index table (faster on XLA:CPU than concatenated strided
+  slices, which we tried first).
+- Only the win_length non-zero samples of each n_fft frame are framed. The DFT (default) is
+  `jnp.fft.rfft` of the windowed samples zero-padded at the end to n_fft: a circular shift of the
+  centred frame, so the same power spectrum. The alternative `dft="matmul"`
+  multiplies the win_length non-zero samples of each frame by a windowed cos|sin DFT matrix (numpy
+  float64 at trace time, phases shifted by the window's offset in the frame); it costs ~20x the FFT's
+  FLOPs and measured 2-2.5x slower (CPU time) on this 2-core CPU, but may win on matrix units (TPU/GPU).
+  `benchmarks/frontend.py` times both.
+- The mel filterbank is built in numpy float64 at trace time and applied as a matmul.
 """
 import functools
 import math
@@ -74,7 +75,7 @@ def mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, fmin: float, fm
   Returned transposed (frequency-major) so that it right-multiplies a power spectrum.
   """
   _check_mel_scale(mel_scale)
-  fft_hz = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+  fft_hz = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)  # k * sr / n_fft (Nyquist only for even n_fft).
   edges_mel = np.linspace(hz_to_mel(fmin, mel_scale), hz_to_mel(fmax, mel_scale), n_mels + 2)
   edges_hz = mel_to_hz(edges_mel, mel_scale)
   widths = np.diff(edges_hz)  # [n_mels + 1]
@@ -93,6 +94,11 @@ def mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, fmin: float, fm
   return np.ascontiguousarray(weights.T)
 
 
+def _hann(length: int) -> np.ndarray:
+  """Periodic ("fftbins=True", librosa's and scipy.signal.get_window's default) Hann: float64 [length]."""
+  return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)
+
+
 def _dft_matrix(n_fft: int, win_length: int) -> np.ndarray:
   """Periodic-Hann-windowed real DFT of the win_length non-zero samples: float64 [win, 2 * freq].
 
@@ -102,7 +108,7 @@ def _dft_matrix(n_fft: int, win_length: int) -> np.ndarray:
   """
   offset = (n_fft - win_length) // 2
   n = np.arange(win_length, dtype=np.float64)
-  window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / win_length)  # Periodic ("fftbins=True") Hann.
+  window = _hann(win_length)
   k = np.arange(n_fft // 2 + 1, dtype=np.float64)
   # (n * k) mod n_fft keeps the angle argument small and exact before scaling by 2 pi / n_fft.
   phase = 2.0 * np.pi * np.mod(np.outer(n + offset, k), n_fft) / n_fft
@@ -113,10 +119,9 @@ def _dft_matrix(n_fft: int, win_length: int) -> np.ndarray:
 # The transform.
 # ----------------------------------------------------------------------------------------------------
 def num_frames(num_samples: int, *, n_fft: int, hop_length: int, center: bool = True) -> int:
-  """Frames produced for `num_samples` samples (librosa's count)."""
-  if center:
-    return 1 + num_samples // hop_length
-  return 1 + (num_samples - n_fft) // hop_length
+  """Frames produced for `num_samples` samples (librosa's count; 1 + samples // hop for even n_fft)."""
+  padded = num_samples + 2 * (n_fft // 2) if center else num_samples
+  return 1 + (padded - n_fft) // hop_length
 
 
 def validate_params(*, sample_rate, n_fft, win_length, hop_length, n_mels, fmin, fmax, mel_scale,
@@ -144,15 +149,16 @@ def validate_params(*, sample_rate, n_fft, win_length, hop_length, n_mels, fmin,
 
 
 def _frames(audio: jax.Array, *, win_length: int, hop_length: int, start: int, count: int) -> jax.Array:
-  """Frames [b, count, win_length] with frame t = audio[:, start + t * hop : start + t * hop + win]."""
-  b = audio.shape[0]
-  hops = -(-win_length // hop_length)  # ceil: hop-sized pieces spanned by one window.
-  needed = start + (count + hops - 1) * hop_length
-  if needed > audio.shape[1]:
+  """Frames [b, count, win_length] with frame t = audio[:, start + t * hop : start + t * hop + win].
+
+  One gather with a constant [count, win] index table: on XLA:CPU it is several times faster than
+  concatenating hop-strided slices (measured while choosing; `benchmarks/frontend.py`).
+  """
+  needed = start + (count - 1) * hop_length + win_length
+  if needed > audio.shape[1]:  # Never index past the end (a gather would clamp silently).
     audio = jnp.pad(audio, ((0, 0), (0, needed - audio.shape[1])))
-  pieces = audio[:, start:needed].reshape(b, count + hops - 1, hop_length)
-  framed = jnp.concatenate([pieces[:, j:j + count] for j in range(hops)], axis=-1)
-  return framed[..., :win_length]
+  index = start + hop_length * np.arange(count)[:, None] + np.arange(win_length)[None, :]
+  return audio[:, index.astype(np.int32)]
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -161,7 +167,7 @@ def _frames(audio: jax.Array, *, win_length: int, hop_length: int, start: int, c
 def log_mel_spectrogram(audio: jax.Array, *, sample_rate: int, n_fft: int, win_length: int,
                         hop_length: int, n_mels: int, fmin: float, fmax: float | None,
                         mel_scale: str = "slaney", log_offset: float = 1e-6, center: bool = True,
-                        dft: str = "matmul") -> jax.Array:
+                        dft: str = "rfft") -> jax.Array:
   """Natural log of the power mel spectrogram plus offset.
 
   Args:
@@ -169,7 +175,8 @@ def log_mel_spectrogram(audio: jax.Array, *, sample_rate: int, n_fft: int, win_l
     sample_rate..log_offset: as in `configs/default.py` (`config.audio`); fmax None means Nyquist.
     center: pad n_fft // 2 zeros on both sides so that frame t is centred on sample t * hop
       (librosa's default `center=True, pad_mode="constant"`).
-    dft: "matmul" (windowed DFT matrix, default) or "rfft" (jnp.fft.rfft); equal to float32 rounding.
+    dft: "rfft" (jnp.fft.rfft of the windowed n_fft frames, default) or "matmul" (a windowed
+      [win_length, 2 (n_fft // 2 + 1)] DFT matrix); equal to float32 rounding.
 
   Returns:
     f32[batch, frames, n_mels], frames = 1 + samples // hop_length when centred.
@@ -193,19 +200,21 @@ def log_mel_spectrogram(audio: jax.Array, *, sample_rate: int, n_fft: int, win_l
   mel = mel_filterbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=float(fmin),
                        fmax=float(fmax), mel_scale=mel_scale)
   n_freq = n_fft // 2 + 1
+  # Only the window's win_length non-zero samples of each n_fft frame are framed.
+  frames = _frames(audio, win_length=win_length, hop_length=hop_length,
+                   start=(n_fft - win_length) // 2, count=count)  # [b, T, win]
   if dft == "matmul":
-    # Only the window's non-zero span is framed; its offset inside the n_fft frame is in the phases.
-    frames = _frames(audio, win_length=win_length, hop_length=hop_length,
-                     start=(n_fft - win_length) // 2, count=count)
+    # The window's offset inside the n_fft frame is in the DFT matrix's phases.
     spec = frames @ jnp.asarray(_dft_matrix(n_fft, win_length), jnp.float32)  # [b, T, 2 * freq]
     power = jnp.square(spec[..., :n_freq]) + jnp.square(spec[..., n_freq:])
   else:
-    frames = _frames(audio, win_length=n_fft, hop_length=hop_length, start=0, count=count)
-    offset = (n_fft - win_length) // 2
-    n = np.arange(win_length)
-    window = np.zeros(n_fft)
-    window[offset:offset + win_length] = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / win_length)
-    spec = jnp.fft.rfft(frames * jnp.asarray(window, jnp.float32), axis=-1)
+    # rfft zero-pads at the end instead of centring the window in the frame: a circular shift of the
+    # n_fft-sample sequence, which changes only the phases, not the power spectrum.
+    # The explicit pad lets XLA fuse it with the window multiply; rfft(..., n=n_fft) measured ~1.7x
+    # slower on XLA:CPU.
+    windowed = jnp.pad(frames * jnp.asarray(_hann(win_length), jnp.float32),
+                       ((0, 0), (0, 0), (0, n_fft - win_length)))
+    spec = jnp.fft.rfft(windowed, axis=-1)
     power = jnp.square(spec.real) + jnp.square(spec.imag)
   mel_power = power @ jnp.asarray(mel, jnp.float32)  # [b, T, n_mels]
   return jnp.log(mel_power + log_offset)

@@ -370,9 +370,15 @@ def _progress(total: int, enabled: bool):
   return tqdm(total=total, unit="clip", desc="embedded world", file=sys.stderr)
 
 
-def generate(output: str, clips: int = DEFAULT_CLIPS, seed: int = 0, workers: int | None = None,
+def generate(output: str, clips: int | None = None, seed: int = 0, workers: int | None = None,
              progress: bool = True) -> dict:
-  """Generates the world into `output` and returns the contents of its world.json."""
+  """Generates the world into `output` and returns the contents of its world.json.
+
+  clips: pretraining clips; None or 0 mean DEFAULT_CLIPS (as `config.data.world_clips` does).
+  workers: processes rendering clips (None: os.cpu_count()); the output does not depend on it.
+  """
+  if not clips:
+    clips = DEFAULT_CLIPS
   if workers is None:
     workers = os.cpu_count() or 1
   if workers < 1:

@@ -6,9 +6,10 @@ r"""Video files to sharded TFRecords in the format of `data_pipeline.schema`.
 Input: a folder (searched recursively for common video extensions) or a CSV whose rows are
 `path[,start_s,end_s,labels]` (relative paths are relative to the CSV; empty start/end mean the whole file;
 labels separated by ';', or by ',' inside a quoted field when no ';' is present; an optional header row starts
-with `path`). `--labels` names a vocabulary CSV: rows `name` (index = row number) or `index,name[,alias...]`
-(AudioSet's `index,mid,display_name` works: both the mid and the display name map to the index). Without it
-the vocabulary is the sorted set of labels in the input CSV. Either way it is written to `OUTPUT/labels.csv`.
+with `path`). `--labels` names a vocabulary CSV: rows `name` (index = row number) or `index,alias...,name`
+(AudioSet's `index,mid,display_name` works: mid and display name both map to the index, the display name is
+stored). Without it the vocabulary is the sorted set of labels in the input CSV. Either way it is written to
+`OUTPUT/labels.csv` as `index,name` rows.
 
 Per clip (`convert_video`, a pure function that the Beam pipeline reuses):
 - Audio: every channel layout is downmixed to mono (the mean of the channels without LFE), resampled to
@@ -26,8 +27,8 @@ Per clip (`convert_video`, a pure function that the Beam pipeline reuses):
 Bad input never stops the run: each input is skipped with one of the reasons `unreadable` (missing or
 unreadable path), `corrupt` (not a decodable media file, or decoding failed), `truncated` (decoding stops well
 before the declared duration), `no_audio`, `no_video`, `unsupported_codec` (no decoder for a stream),
-`zero_duration` (nothing inside the requested span), `bad_range` (end before start); logged with path and
-reason and listed in `manifest.json`. `--strict` turns the first skip into an error.
+`zero_duration` (an empty file, or nothing inside the requested span), `bad_range` (end before start);
+logged with path and reason and listed in `manifest.json`. `--strict` turns the first skip into an error.
 
 Resume: inputs are assigned to shards in a fixed order; a shard is written to a temporary name and renamed,
 then a small record of its clips and skips is renamed into `OUTPUT/.ingest/`. Re-running the same command
@@ -115,12 +116,24 @@ def _open(path: str):
   if not os.path.isfile(path) or not os.access(path, os.R_OK):
     return None, Skip(path, "unreadable", "no such file" if not os.path.exists(path) else
                       "not a readable regular file")
+  if os.path.getsize(path) == 0:  # Typically a failed download or copy.
+    return None, Skip(path, "zero_duration", "empty file (0 bytes)")
   try:
     return av.open(path), None
   except (PermissionError, IsADirectoryError, FileNotFoundError) as e:
     return None, Skip(path, "unreadable", str(e))
   except av.FFmpegError as e:
     return None, Skip(path, "corrupt", f"cannot open as media: {e}")
+
+
+def _seek(container, seconds: float) -> None:
+  """Seeks to the keyframe at or before `seconds`, only to save decoding: where seeking fails (streams
+  without an index) decoding simply starts at the beginning, and frames before the span are dropped."""
+  import av
+  try:
+    container.seek(int(seconds * 1e6), backward=True, any_frame=False)
+  except av.FFmpegError:
+    pass
 
 
 def _downmix(frame) -> np.ndarray:
@@ -137,17 +150,16 @@ def _decode_audio(container, stream, start_s, end_s, sample_rate):
   """All audio in [start_s, end_s] as mono f32 at `sample_rate`, and the time (s) of its first sample."""
   import av
   import soxr
-  resampler = None
+  resampler = stream_resampler = None
   chunks, t0 = [], None
-  src_rate = stream.codec_context.sample_rate
-  stream_resampler = None
   if start_s:
-    container.seek(int(start_s * 1e6), backward=True, any_frame=False)
+    _seek(container, start_s)
   for frame in container.decode(stream):
     if frame.time is not None and end_s is not None and frame.time > end_s:
       break
     if resampler is None:
       src_rate = frame.sample_rate
+      # The stream's first rate is kept throughout (swresample follows any mid-stream change);
       # swresample converts any sample format to planar float, keeping the channels; we downmix ourselves.
       resampler = av.AudioResampler(format="fltp", rate=src_rate)
       stream_resampler = soxr.ResampleStream(src_rate, sample_rate, 1, dtype="float32", quality="HQ")
@@ -156,12 +168,12 @@ def _decode_audio(container, stream, start_s, end_s, sample_rate):
     for out in resampler.resample(frame):
       chunks.append(stream_resampler.resample_chunk(_downmix(out)))
   if resampler is None:
-    return np.zeros([0], np.float32), 0.0, src_rate
+    return np.zeros([0], np.float32), 0.0
   for out in resampler.resample(None):
     chunks.append(stream_resampler.resample_chunk(_downmix(out)))
   chunks.append(stream_resampler.resample_chunk(np.zeros([0], np.float32), last=True))
   audio = np.concatenate(chunks).astype(np.float32)
-  return np.clip(audio, -1.0, 1.0), t0, src_rate
+  return np.clip(audio, -1.0, 1.0), t0
 
 
 def _frame_to_jpeg(frame, size, quality):
@@ -193,8 +205,8 @@ def _decode_frames(container, stream, seek_s, min_start, end_s, fps, size, quali
   `clip_start` = max(min_start, time of the first decoded frame). Returns (jpegs, clip_start, video_end)
   where video_end is when the last frame stops being shown; ([], None, None) when no frame decodes.
   """
-  # Always seek: the audio pass has left the demuxer at the end of the file.
-  container.seek(int((seek_s or 0.0) * 1e6), backward=True, any_frame=False)
+  if seek_s:
+    _seek(container, seek_s)
   default_dur = 1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / 25
   jpegs: list[bytes] = []
   prev = prev_jpeg = prev_time = clip_start = None
@@ -254,22 +266,29 @@ def convert_video(path: str, start_s: float | None, end_s: float | None, labels:
     return skip
   try:
     with container:
-      if not container.streams.video:
-        return Skip(path, "no_video", "no video stream")
+      # Cover art (an "attached picture") is a still image, not video.
+      videos = [v for v in container.streams.video
+                if not v.disposition & av.stream.Disposition.attached_pic]
+      if not videos:
+        return Skip(path, "no_video", "no video stream" + (" (only cover art)" if container.streams.video
+                                                            else ""))
       if not container.streams.audio:
         return Skip(path, "no_audio", "no audio stream")
-      vstream, astream = container.streams.video[0], container.streams.audio[0]
+      vstream, astream = videos[0], container.streams.audio[0]
       for s in (vstream, astream):
         if s.codec_context is None:
-          return Skip(path, "unsupported_codec", f"no decoder for the {s.type} stream")
-      vstream.thread_type = "AUTO"
-      audio, audio_t0, _ = _decode_audio(container, astream, start_s, end_s, options.sample_rate)
+          return Skip(path, "unsupported_codec", f"no decoder for the {s.type} stream (#{s.index})")
+      audio, audio_t0 = _decode_audio(container, astream, start_s, end_s, options.sample_rate)
       if audio.size == 0:
         return Skip(path, "zero_duration", "no audio samples in the requested span")
       audio_end = audio_t0 + audio.size / options.sample_rate
       min_start = audio_t0 if start_s is None else max(start_s, audio_t0)
-      jpegs, clip_start, video_end = _decode_frames(container, vstream, start_s, min_start, end_s,
-                                                    options.fps, options.size, options.jpeg_quality)
+      # A second demuxer for the video pass: no rewinding of the first (which some inputs cannot do).
+      with av.open(path) as vcontainer:
+        vs = vcontainer.streams[vstream.index]
+        vs.thread_type = "AUTO"
+        jpegs, clip_start, video_end = _decode_frames(vcontainer, vs, start_s, min_start, end_s,
+                                                      options.fps, options.size, options.jpeg_quality)
       if clip_start is None:
         return Skip(path, "zero_duration", "no video frames in the requested span")
       clip_end = min(audio_end, video_end, end_s if end_s is not None else math.inf)
@@ -305,9 +324,14 @@ def convert_video(path: str, start_s: float | None, end_s: float | None, labels:
 # ----------------------------------------------------------------------------------------------------------
 # Inputs and vocabulary.
 
-def read_vocabulary(path: str) -> dict[str, int]:
-  """Label vocabulary CSV -> {name: index}; rows `name` or `index,name[,alias...]`, optional header."""
+def read_vocabulary(path: str) -> tuple[dict[str, int], list[str]]:
+  """Label vocabulary CSV -> ({name or alias: index}, names by index).
+
+  Rows `name` (index = row number) or `index,alias...,name` (the last column is the name that is stored,
+  every column maps to the index), with an optional header row.
+  """
   vocab: dict[str, int] = {}
+  canonical: dict[int, str] = {}
   with open(path, newline="", encoding="utf-8") as f:
     for row_number, row in enumerate(csv.reader(f)):
       row = [c.strip() for c in row if c.strip()]
@@ -323,9 +347,12 @@ def read_vocabulary(path: str) -> dict[str, int]:
         if name in vocab and vocab[name] != index:
           raise ValueError(f"{path}: label {name!r} has two indices ({vocab[name]} and {index}).")
         vocab[name] = index
+      canonical[index] = names[-1]
   if not vocab:
     raise ValueError(f"{path}: empty label vocabulary.")
-  return vocab
+  if min(canonical) < 0:
+    raise ValueError(f"{path}: negative label index {min(canonical)}.")
+  return vocab, [canonical.get(i, "") for i in range(max(canonical) + 1)]
 
 
 def _split_labels(field: str) -> list[str]:
@@ -352,7 +379,8 @@ def read_inputs(input_path: str, labels_csv: str | None = None) -> tuple[list[Jo
       paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(VIDEO_EXTENSIONS)]
     if not paths:
       raise IngestError(f"No video files ({', '.join(VIDEO_EXTENSIONS)}) under {input_path!r}.")
-    jobs = [Job(path=p, video_id=os.path.relpath(p, input_path)) for p in paths]
+    # Absolute paths: the resume fingerprint must not depend on the working directory.
+    jobs = [Job(path=os.path.abspath(p), video_id=os.path.relpath(p, input_path)) for p in paths]
     rows_labels = [[] for _ in jobs]
   elif os.path.isfile(input_path):
     base = os.path.dirname(os.path.abspath(input_path))
@@ -379,20 +407,18 @@ def read_inputs(input_path: str, labels_csv: str | None = None) -> tuple[list[Jo
     raise IngestError(f"--input {input_path!r} is neither a folder nor a CSV file.")
 
   if labels_csv:
-    vocab = read_vocabulary(labels_csv)
+    vocab, vocabulary = read_vocabulary(labels_csv)
   else:
-    vocab = {name: i for i, name in enumerate(sorted({l for ls in rows_labels for l in ls}))}
-  names_by_index: dict[int, str] = {}
-  for name, i in vocab.items():
-    names_by_index.setdefault(i, name)
+    vocabulary = sorted({l for ls in rows_labels for l in ls})
+    vocab = {name: i for i, name in enumerate(vocabulary)}
   out = []
   for job, names in zip(jobs, rows_labels):
     unknown = [n for n in names if n not in vocab]
     if unknown:
       raise IngestError(f"{input_path}: labels {unknown} of {job.video_id!r} are not in the vocabulary "
                         f"{labels_csv!r}.")
-    out.append(dataclasses.replace(job, labels=tuple(names), label_index=tuple(vocab[n] for n in names)))
-  vocabulary = [names_by_index.get(i, "") for i in range(max(names_by_index) + 1)] if names_by_index else []
+    index = tuple(vocab[n] for n in names)
+    out.append(dataclasses.replace(job, labels=tuple(vocabulary[i] for i in index), label_index=index))
   return out, vocabulary
 
 
@@ -478,14 +504,60 @@ def _worker_init():
 
 
 def _convert_indexed(args):
-  i, job, options = args
-  return i, convert_job(job, options)
+  i, job, options, convert = args
+  return i, convert(job, options)
+
+
+def _crashed(job: Job) -> dict:
+  return {"path": job.path, "skip": Skip(job.path, "corrupt", "the decoder crashed (its worker process "
+                                         "died)").as_dict()}
+
+
+def _run_parallel(pending, workers: int, handle) -> None:
+  """Runs `pending` in `workers` spawned processes, calling `handle(i, result)` as results arrive.
+
+  A worker that dies (a decoder segfault on a malicious or broken file) would hang a multiprocessing.Pool;
+  here it breaks the executor instead, and every job that was in flight is re-run alone in a fresh process,
+  so only the input that kills its process is skipped (as `corrupt`).
+  """
+  from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+  from concurrent.futures.process import BrokenProcessPool
+  # spawn: the parent may have imported TensorFlow (the shard writer), which must not be forked.
+  ctx = multiprocessing.get_context("spawn")
+  queue = list(reversed(pending))
+  while queue:
+    suspects = []
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as executor:
+      inflight = {}
+      try:
+        while queue or inflight:
+          while queue and len(inflight) < 2 * workers:
+            args = queue.pop()
+            inflight[executor.submit(_convert_indexed, args)] = args
+          done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+          for future in done:
+            result = future.result()  # BrokenProcessPool if a worker died.
+            inflight.pop(future)
+            handle(*result)
+      except BrokenProcessPool:
+        suspects = list(inflight.values())
+    for args in suspects:
+      try:
+        with ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init) as alone:
+          result = alone.submit(_convert_indexed, args).result()
+      except BrokenProcessPool:
+        result = (args[0], _crashed(args[1]))
+      handle(*result)
 
 
 def ingest(input_path: str, output: str, *, labels_csv: str | None = None, options: Options = Options(),
            strict: bool = False, workers: int = 0, shard_clips: int = 256, split: str = "train",
-           progress: bool | None = None) -> dict:
-  """Converts every input into shards of `split` under `output`; returns the manifest (also written)."""
+           progress: bool | None = None, convert=convert_job) -> dict:
+  """Converts every input into shards of `split` under `output`; returns the manifest (also written).
+
+  `convert(job, options) -> dict` turns one input into a record or a skip (`convert_job`); a replacement must
+  be a module-level function (it is pickled to worker processes).
+  """
   t0 = time.perf_counter()
   options.validate()
   if shard_clips < 1:
@@ -510,7 +582,7 @@ def ingest(input_path: str, output: str, *, labels_csv: str | None = None, optio
   shard_paths = [os.path.join(output, schema.shard_name(split, k, num_shards)) for k in range(num_shards)]
   summary_paths = [os.path.join(state, f"{split}-{k:05d}.json") for k in range(num_shards)]
   done = [os.path.exists(p) and os.path.exists(s) for p, s in zip(shard_paths, summary_paths)]
-  pending = [(i, jobs[i], options) for k in range(num_shards) if not done[k]
+  pending = [(i, jobs[i], options, convert) for k in range(num_shards) if not done[k]
              for i in range(k * shard_clips, min(len(jobs), (k + 1) * shard_clips))]
   if any(done):
     log.info("Resuming: %d of %d shards already written.", sum(done), num_shards)
@@ -543,11 +615,7 @@ def ingest(input_path: str, output: str, *, labels_csv: str | None = None, optio
       for args in pending:
         handle(*_convert_indexed(args))
     else:
-      # spawn: the parent may have imported TensorFlow (the shard writer), which must not be forked.
-      ctx = multiprocessing.get_context("spawn")
-      with ctx.Pool(workers, initializer=_worker_init) as pool:
-        for i, result in pool.imap(_convert_indexed, pending, chunksize=1):
-          handle(i, result)
+      _run_parallel(pending, workers, handle)
   finally:
     bar.close()
 

@@ -134,7 +134,10 @@ def _build_messages():
 
   pool = descriptor_pool.DescriptorPool()
   pool.Add(f)
-  return message_factory.GetMessageClass(pool.FindMessageTypeByName("avcl_example.SequenceExample"))
+  descriptor = pool.FindMessageTypeByName("avcl_example.SequenceExample")
+  if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.22
+    return message_factory.GetMessageClass(descriptor)
+  return message_factory.MessageFactory(pool).GetPrototype(descriptor)
 
 
 SequenceExample = _build_messages()

@@ -90,8 +90,10 @@ def test_spec_augment_mask_widths():
   b, t, m = 64, 50, 20
   x = jnp.asarray(np.random.default_rng(0).normal(size=(b, t, m)) + 10, jnp.float32)
   # One mask of each kind: the masked time steps / bins form one contiguous band of width <= max.
-  out = np.asarray(augment.spec_augment(jax.random.key(0), x, time_masks=1, time_mask_frames=7,
-                                        freq_masks=0, freq_mask_bins=0))
+  spec = jax.jit(augment.spec_augment, static_argnames=("time_masks", "time_mask_frames", "freq_masks",
+                                                        "freq_mask_bins"))
+  out = np.asarray(spec(jax.random.key(0), x, time_masks=1, time_mask_frames=7, freq_masks=0,
+                        freq_mask_bins=0))
   masked_t = np.all(out != np.asarray(x), axis=2)  # [b, t]: whole time steps replaced.
   widths = masked_t.sum(1)
   assert widths.max() <= 7 and widths.max() >= 5
@@ -101,8 +103,8 @@ def test_spec_augment_mask_widths():
   fill = np.asarray(x).mean(axis=(1, 2))
   rows, cols = np.nonzero(masked_t)
   np.testing.assert_allclose(out[rows, cols, 0], fill[rows], rtol=1e-6)
-  out = np.asarray(augment.spec_augment(jax.random.key(1), x, time_masks=0, time_mask_frames=0,
-                                        freq_masks=2, freq_mask_bins=4))
+  out = np.asarray(spec(jax.random.key(1), x, time_masks=0, time_mask_frames=0, freq_masks=2,
+                        freq_mask_bins=4))
   masked_f = np.all(out != np.asarray(x), axis=1)  # [b, m]
   assert masked_f.sum(1).max() <= 8 and masked_f.sum(1).max() >= 5
   assert not np.any(np.all(out != np.asarray(x), axis=2))  # No time mask asked.
@@ -176,3 +178,20 @@ def test_bad_config_names_field(field, value):
     parent[name] = value
   with pytest.raises(ValueError, match=f"config.augment.{field}"):
     augment.validate_config(c)
+
+
+def test_augment_batch_sharded_equals_unsharded():
+  """Global-view code: the same key and batch give the same result on 1 device and on 8 shards."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  c = get_config()
+  c.augment.mix.audio_domain = "logmel"
+  fe = frontend.from_config(c.audio)
+  batch = _batch(b=16)
+  run = jax.jit(lambda k, b: augment.augment_batch(k, b, c.augment, num_shards=8, frontend=fe))
+  ref = run(jax.random.key(7), batch)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
+  out = run(jax.random.key(7), sharded)
+  assert out["logmel"].sharding.spec[0] == "data"  # Stays sharded over the batch axis.
+  for k in ref:
+    np.testing.assert_allclose(np.asarray(out[k]), np.asarray(ref[k]), rtol=1e-5, atol=1e-5)
