@@ -34,6 +34,9 @@ from avcl.evaluate import tasks as tasks_lib
 
 EMBEDDINGS = ("pretrained", "random_init", "logmel")
 log = logging.getLogger(__name__)
+# Training features (examples x dims) above which the linear probe trains by minibatch Adam instead of
+# full-batch L-BFGS (e.g. AudioSet's 2M clips); ~400 MB of float32.
+FULL_BATCH_LIMIT = 100_000_000
 
 
 def validate_eval_config(e) -> None:
@@ -167,10 +170,13 @@ def evaluate_model(model, config, *, step: int, out_dir: str | None, tasks: Sequ
     scores, task_details = {}, {"source": task.source, "n_val": int(labels["validation"].shape[0]),
                                 "probes": {}}
     for name in embedders:
+      kwargs = dict(probe_kwargs)
+      if probe == "linear" and feats["train"][name].size > FULL_BATCH_LIMIT:
+        kwargs["optimizer"] = "adam"  # Too big for full-batch L-BFGS: minibatch Adam, lr picked too.
       r = probes.run_probe(
           probe, *(probes.Split(feats[s][name], labels[s]) for s in tasks_lib.SPLITS),
           num_classes=task.num_classes, multi_label=task.multi_label, seed=int(config.seed),
-          progress=progress, desc=f"{task.name}/{name} {probe} probe", **probe_kwargs)
+          progress=progress, desc=f"{task.name}/{name} {probe} probe", **kwargs)
       scores[name] = float(r.score)
       task_details["probes"][name] = dataclasses.asdict(r)
     if finetune:
