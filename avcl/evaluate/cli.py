@@ -41,7 +41,8 @@ def main(argv=None) -> int:
   from avcl.evaluate import runner
   config = None
   overrides = {"data.root": args.data_root, "eval.tfds_data_dir": args.tfds_data_dir,
-               "eval.audioset_dir": args.audioset_dir, "eval.max_examples_per_split": args.max_examples_per_split}
+               "eval.audioset_dir": args.audioset_dir,
+               "eval.max_examples_per_split": args.max_examples_per_split}
   if any(v is not None for v in overrides.values()):
     config = runner.with_eval_defaults(runner.load_run_config(args.workdir))
     for key, value in overrides.items():

@@ -189,7 +189,7 @@ def evaluate_model(model, config, *, step: int, out_dir: str | None, tasks: Sequ
     task_details["seconds"] = round(time.time() - t0, 1)
     details["tasks"][task.name] = task_details
     log.info("eval %s: %s (%.0f s)", task.name,
-                 ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()), task_details["seconds"])
+             ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()), task_details["seconds"])
   if out_dir is not None:
     report.write(results, out_dir, details=details)
   if print_table:
