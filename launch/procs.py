@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -44,12 +45,13 @@ def _stop(procs: Sequence[subprocess.Popen], grace_s: float) -> None:
 
 
 def run_group(members: Sequence[Member], *, cwd: str | None = None, grace_s: float = 10.0,
-              poll_s: float = 0.2, timeout_s: float | None = None, echo=sys.stderr) -> int:
+              poll_s: float = 0.2, timeout_s: float | None = None, echo=None) -> int:
   """Starts every member, waits for all, returns 0 or the exit status of the first member that failed.
 
   A member killed by a signal counts as failed with status 128 + signal (the shell's convention).
   `timeout_s` bounds the whole group (then everything is stopped and 124 is returned, as `timeout` does).
   """
+  echo = echo or sys.stderr
   procs: list[subprocess.Popen] = []
   logs = []
   received: list[int] = []
@@ -101,9 +103,9 @@ def run_group(members: Sequence[Member], *, cwd: str | None = None, grace_s: flo
       signal.signal(s, h)
 
 
-def print_group(members: Sequence[Member], out=sys.stdout, cwd: str | None = None) -> None:
+def print_group(members: Sequence[Member], out=None, cwd: str | None = None) -> None:
   """The dry-run form of `run_group`: one shell line per member, backgrounded, then `wait`."""
-  import shlex
+  out = out or sys.stdout
   if cwd:
     print(f"cd {shlex.quote(cwd)}", file=out)
   for d in sorted({os.path.dirname(m.log_path) for m in members}):
