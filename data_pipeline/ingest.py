@@ -1,0 +1,599 @@
+r"""Video files to sharded TFRecords in the format of `data_pipeline.schema`.
+
+    python -m data_pipeline.ingest --input DIR_OR_CSV --output DIR [--labels CSV] [--strict] [--workers N]
+        [--sample-rate 16000] [--fps 10] [--size 64] [--shard-clips 256] [--split train] [--skip-silent]
+
+Input: a folder (searched recursively for common video extensions) or a CSV whose rows are
+`path[,start_s,end_s,labels]` (relative paths are relative to the CSV; empty start/end mean the whole file;
+labels separated by ';', or by ',' inside a quoted field when no ';' is present; an optional header row starts
+with `path`). `--labels` names a vocabulary CSV: rows `name` (index = row number) or `index,name[,alias...]`
+(AudioSet's `index,mid,display_name` works: both the mid and the display name map to the index). Without it
+the vocabulary is the sorted set of labels in the input CSV. Either way it is written to `OUTPUT/labels.csv`.
+
+Per clip (`convert_video`, a pure function that the Beam pipeline reuses):
+- Audio: every channel layout is downmixed to mono (the mean of the channels without LFE), resampled to
+  `--sample-rate` with soxr (high quality), clipped to [-1, 1], float32.
+- Frames: sampled at `--fps` on the clip's own clock: target frame k at `start + k / fps` shows the source
+  frame on screen at that instant (the last one whose timestamp is <= it), so variable frame rate sources are
+  resampled correctly. Each frame is rotated upright (display-matrix rotation), scaled so its short side is
+  `--size` (area interpolation), centre-cropped to a square `--size` x `--size` (portrait and landscape alike
+  lose their long-side borders, nothing is stretched), and JPEG-encoded.
+- Span: the whole overlap of the audio and the video streams (or `start_s`..`end_s` within it); the first
+  frame and the first audio sample are at the same instant (see schema.py's alignment contract).
+- Silent audio (peak below -60 dBFS) is valid input: it is written and counted as `silent` in the manifest
+  (with its path), or skipped with reason `silent` under `--skip-silent`.
+
+Bad input never stops the run: each input is skipped with one of the reasons `unreadable` (missing or
+unreadable path), `corrupt` (not a decodable media file, or decoding failed), `truncated` (decoding stops well
+before the declared duration), `no_audio`, `no_video`, `unsupported_codec` (no decoder for a stream),
+`zero_duration` (nothing inside the requested span), `bad_range` (end before start); logged with path and
+reason and listed in `manifest.json`. `--strict` turns the first skip into an error.
+
+Resume: inputs are assigned to shards in a fixed order; a shard is written to a temporary name and renamed,
+then a small record of its clips and skips is renamed into `OUTPUT/.ingest/`. Re-running the same command
+keeps every finished shard and converts only the rest; a different input list or options in the same output
+folder is an error.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import sys
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from data_pipeline import schema
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".flv", ".wmv",
+                    ".3gp", ".ts", ".mts", ".ogv")
+SKIP_REASONS = ("unreadable", "corrupt", "truncated", "no_audio", "no_video", "unsupported_codec",
+                "zero_duration", "bad_range", "silent")
+SILENCE_DBFS = -60.0  # Peak level below which a clip counts as silent.
+STATE_DIR = ".ingest"
+
+log = logging.getLogger("data_pipeline.ingest")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What a stored clip looks like (also the resume fingerprint)."""
+  sample_rate: int = 16000  # Hz of the stored mono audio.
+  fps: float = 10.0  # Stored frames per second.
+  size: int = 64  # Stored frames are size x size px.
+  jpeg_quality: int = 90  # JPEG quality of stored frames.
+  skip_silent: bool = False  # Skip silent clips instead of writing them.
+
+  def validate(self):
+    checks = [("sample_rate", self.sample_rate, 1000, 192000), ("fps", self.fps, 0.1, 120.0),
+              ("size", self.size, 8, 1024), ("jpeg_quality", self.jpeg_quality, 1, 100)]
+    for name, value, lo, hi in checks:
+      if not lo <= value <= hi:
+        raise ValueError(f"Option {name}={value} is out of range [{lo}, {hi}].")
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One input: a file and an optional span and labels."""
+  path: str
+  video_id: str
+  start_s: float | None = None
+  end_s: float | None = None
+  labels: tuple[str, ...] = ()
+  label_index: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+  """An input that produced no clip, and why (reason is one of SKIP_REASONS)."""
+  path: str
+  reason: str
+  detail: str = ""
+
+  def as_dict(self):
+    return dataclasses.asdict(self)
+
+
+class IngestError(RuntimeError):
+  """Raised under --strict for the first skipped input, and for unusable arguments."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One video -> one Clip.
+
+def _open(path: str):
+  import av
+  if not os.path.isfile(path) or not os.access(path, os.R_OK):
+    return None, Skip(path, "unreadable", "no such file" if not os.path.exists(path) else
+                      "not a readable regular file")
+  try:
+    return av.open(path), None
+  except (PermissionError, IsADirectoryError, FileNotFoundError) as e:
+    return None, Skip(path, "unreadable", str(e))
+  except av.FFmpegError as e:
+    return None, Skip(path, "corrupt", f"cannot open as media: {e}")
+
+
+def _downmix(frame) -> np.ndarray:
+  """Planar float AudioFrame -> f32[samples]: the mean of its channels, the LFE channel left out.
+
+  A plain mean cannot clip (unlike FFmpeg's default -3 dB matrix, which sums stereo to 1.41x).
+  """
+  x = frame.to_ndarray().reshape(len(frame.layout.channels), -1)
+  keep = [i for i, c in enumerate(frame.layout.channels) if c.name != "LFE"] or list(range(x.shape[0]))
+  return x[keep].mean(axis=0).astype(np.float32)
+
+
+def _decode_audio(container, stream, start_s, end_s, sample_rate):
+  """All audio in [start_s, end_s] as mono f32 at `sample_rate`, and the time (s) of its first sample."""
+  import av
+  import soxr
+  resampler = None
+  chunks, t0 = [], None
+  src_rate = stream.codec_context.sample_rate
+  stream_resampler = None
+  if start_s:
+    container.seek(int(start_s * 1e6), backward=True, any_frame=False)
+  for frame in container.decode(stream):
+    if frame.time is not None and end_s is not None and frame.time > end_s:
+      break
+    if resampler is None:
+      src_rate = frame.sample_rate
+      # swresample converts any sample format to planar float, keeping the channels; we downmix ourselves.
+      resampler = av.AudioResampler(format="fltp", rate=src_rate)
+      stream_resampler = soxr.ResampleStream(src_rate, sample_rate, 1, dtype="float32", quality="HQ")
+    if t0 is None:
+      t0 = frame.time if frame.time is not None else 0.0
+    for out in resampler.resample(frame):
+      chunks.append(stream_resampler.resample_chunk(_downmix(out)))
+  if resampler is None:
+    return np.zeros([0], np.float32), 0.0, src_rate
+  for out in resampler.resample(None):
+    chunks.append(stream_resampler.resample_chunk(_downmix(out)))
+  chunks.append(stream_resampler.resample_chunk(np.zeros([0], np.float32), last=True))
+  audio = np.concatenate(chunks).astype(np.float32)
+  return np.clip(audio, -1.0, 1.0), t0, src_rate
+
+
+def _frame_to_jpeg(frame, size, quality):
+  """VideoFrame -> JPEG bytes of the upright, short-side-scaled, centre-cropped size x size image."""
+  import io
+
+  from PIL import Image
+  rotation = (getattr(frame, "rotation", 0) or 0) % 360
+  w, h = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
+  scale = size / min(w, h)
+  sw, sh = max(size, round(w * scale)), max(size, round(h * scale))
+  if rotation in (90, 270):
+    sw, sh = sh, sw
+  img = frame.reformat(width=sw, height=sh, format="rgb24", interpolation="AREA").to_ndarray()
+  if rotation:
+    # Display matrix rotation is counter-clockwise in degrees.
+    img = np.rot90(img, k=rotation // 90)
+  h2, w2 = img.shape[:2]
+  y, x = (h2 - size) // 2, (w2 - size) // 2
+  img = np.ascontiguousarray(img[y:y + size, x:x + size])
+  buf = io.BytesIO()
+  Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+  return buf.getvalue()
+
+
+def _decode_frames(container, stream, seek_s, min_start, end_s, fps, size, quality):
+  """Frames at `clip_start + k / fps`, k = 0, 1, ..., as JPEGs.
+
+  `clip_start` = max(min_start, time of the first decoded frame). Returns (jpegs, clip_start, video_end)
+  where video_end is when the last frame stops being shown; ([], None, None) when no frame decodes.
+  """
+  # Always seek: the audio pass has left the demuxer at the end of the file.
+  container.seek(int((seek_s or 0.0) * 1e6), backward=True, any_frame=False)
+  default_dur = 1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / 25
+  jpegs: list[bytes] = []
+  prev = prev_jpeg = prev_time = clip_start = None
+  last_dur = default_dur
+  k = 0
+
+  def emit_until(t_limit):
+    # Every target time before `t_limit` shows `prev`: the frame on screen until the next one arrives.
+    nonlocal k, prev_jpeg
+    while clip_start + k / fps < t_limit - 1e-9:
+      if prev_jpeg is None:
+        prev_jpeg = _frame_to_jpeg(prev, size, quality)
+      jpegs.append(prev_jpeg)
+      k += 1
+
+  for frame in container.decode(stream):
+    t = frame.time
+    if t is None:  # No timestamp: assume the previous frame's duration.
+      t = prev_time + last_dur if prev_time is not None else 0.0
+    if prev is None:
+      clip_start = max(min_start, t)
+    else:
+      if t > prev_time:
+        last_dur = t - prev_time
+      emit_until(t if end_s is None else min(t, end_s))
+    if end_s is not None and t >= end_s:
+      break
+    prev, prev_jpeg, prev_time = frame, None, t
+  if prev is None:
+    return [], None, None
+  own = float(prev.duration * prev.time_base) if prev.duration and prev.time_base else 0.0
+  video_end = prev_time + (own if own > 0 else last_dur)
+  emit_until(video_end if end_s is None else min(video_end, end_s))
+  return jpegs, clip_start, video_end
+
+
+def is_silent(audio: np.ndarray) -> bool:
+  return audio.size == 0 or float(np.max(np.abs(audio))) < 10 ** (SILENCE_DBFS / 20)
+
+
+def convert_video(path: str, start_s: float | None, end_s: float | None, labels: Sequence[int],
+                  options: Options, *, video_id: str | None = None,
+                  label_strings: Sequence[str] = ()) -> schema.Clip | Skip:
+  """Decodes one video (or its span [start_s, end_s]) into a Clip, or says why it cannot (a Skip).
+
+  Pure apart from reading `path`: no global state, safe in any worker process (and in Apache Beam).
+  `labels`: label indices; `label_strings`: their names (parallel).
+  """
+  import av
+  video_id = video_id or path
+  if start_s is not None and end_s is not None and end_s < start_s:
+    return Skip(path, "bad_range", f"end {end_s} s is before start {start_s} s")
+  if (start_s is not None and start_s < 0) or (end_s is not None and end_s < 0):
+    return Skip(path, "bad_range", f"negative time in span {start_s}..{end_s}")
+  container, skip = _open(path)
+  if skip:
+    return skip
+  try:
+    with container:
+      if not container.streams.video:
+        return Skip(path, "no_video", "no video stream")
+      if not container.streams.audio:
+        return Skip(path, "no_audio", "no audio stream")
+      vstream, astream = container.streams.video[0], container.streams.audio[0]
+      for s in (vstream, astream):
+        if s.codec_context is None:
+          return Skip(path, "unsupported_codec", f"no decoder for the {s.type} stream")
+      vstream.thread_type = "AUTO"
+      audio, audio_t0, _ = _decode_audio(container, astream, start_s, end_s, options.sample_rate)
+      if audio.size == 0:
+        return Skip(path, "zero_duration", "no audio samples in the requested span")
+      audio_end = audio_t0 + audio.size / options.sample_rate
+      min_start = audio_t0 if start_s is None else max(start_s, audio_t0)
+      jpegs, clip_start, video_end = _decode_frames(container, vstream, start_s, min_start, end_s,
+                                                    options.fps, options.size, options.jpeg_quality)
+      if clip_start is None:
+        return Skip(path, "zero_duration", "no video frames in the requested span")
+      clip_end = min(audio_end, video_end, end_s if end_s is not None else math.inf)
+      duration = clip_end - clip_start
+      if duration <= 1e-6 or not jpegs:
+        return Skip(path, "zero_duration", f"audio and video overlap for {max(duration, 0):.3f} s in the "
+                    "requested span")
+      declared = container.duration / 1e6 if container.duration else None
+      if declared is not None and end_s is None:
+        decoded_end = max(audio_end, video_end)
+        if decoded_end < declared - max(0.5, 0.1 * declared):
+          return Skip(path, "truncated", f"decoding stops at {decoded_end:.2f} s of a declared "
+                      f"{declared:.2f} s")
+  except av.error.DecoderNotFoundError as e:
+    return Skip(path, "unsupported_codec", str(e))
+  except (av.FFmpegError, ValueError, RuntimeError, EOFError) as e:
+    return Skip(path, "corrupt", f"decoding failed: {type(e).__name__}: {e}")
+
+  n_frames = max(1, math.ceil(duration * options.fps - 1e-6))
+  n_samples = int(round(duration * options.sample_rate))
+  first = int(round((clip_start - audio_t0) * options.sample_rate))
+  audio = audio[first:first + n_samples]
+  if audio.size < n_samples:  # Rounding can leave the last sample or two short.
+    audio = np.pad(audio, [0, n_samples - audio.size])
+  if options.skip_silent and is_silent(audio):
+    return Skip(path, "silent", f"peak below {SILENCE_DBFS:g} dBFS")
+  return schema.Clip(
+      video_id=video_id, audio=audio, sample_rate=options.sample_rate, frames=jpegs[:n_frames],
+      fps=float(options.fps), start_us=int(round(clip_start * 1e6)), end_us=int(round(clip_end * 1e6)),
+      label_index=[int(i) for i in labels], label_string=list(label_strings))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Inputs and vocabulary.
+
+def read_vocabulary(path: str) -> dict[str, int]:
+  """Label vocabulary CSV -> {name: index}; rows `name` or `index,name[,alias...]`, optional header."""
+  vocab: dict[str, int] = {}
+  with open(path, newline="", encoding="utf-8") as f:
+    for row_number, row in enumerate(csv.reader(f)):
+      row = [c.strip() for c in row if c.strip()]
+      if not row:
+        continue
+      if row_number == 0 and row[0].lower() in ("index", "name", "label", "display_name"):
+        continue
+      if len(row) > 1 and row[0].lstrip("-").isdigit():
+        index, names = int(row[0]), row[1:]
+      else:
+        index, names = len(set(vocab.values())), row[:1]
+      for name in names:
+        if name in vocab and vocab[name] != index:
+          raise ValueError(f"{path}: label {name!r} has two indices ({vocab[name]} and {index}).")
+        vocab[name] = index
+  if not vocab:
+    raise ValueError(f"{path}: empty label vocabulary.")
+  return vocab
+
+
+def _split_labels(field: str) -> list[str]:
+  sep = ";" if ";" in field else ","
+  return [s.strip() for s in field.split(sep) if s.strip()]
+
+
+def _float_or_none(value: str, what: str, where: str) -> float | None:
+  value = value.strip()
+  if not value:
+    return None
+  try:
+    return float(value)
+  except ValueError:
+    raise ValueError(f"{where}: {what} {value!r} is not a number of seconds.") from None
+
+
+def read_inputs(input_path: str, labels_csv: str | None = None) -> tuple[list[Job], list[str]]:
+  """Folder or CSV -> (jobs in a fixed order, vocabulary names by index)."""
+  if os.path.isdir(input_path):
+    paths = []
+    for root, dirs, files in os.walk(input_path):
+      dirs.sort()
+      paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(VIDEO_EXTENSIONS)]
+    if not paths:
+      raise IngestError(f"No video files ({', '.join(VIDEO_EXTENSIONS)}) under {input_path!r}.")
+    jobs = [Job(path=p, video_id=os.path.relpath(p, input_path)) for p in paths]
+    rows_labels = [[] for _ in jobs]
+  elif os.path.isfile(input_path):
+    base = os.path.dirname(os.path.abspath(input_path))
+    jobs, rows_labels = [], []
+    with open(input_path, newline="", encoding="utf-8") as f:
+      for line, row in enumerate(csv.reader(f), start=1):
+        if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
+          continue
+        if line == 1 and row[0].strip().lower() == "path":
+          continue
+        where = f"{input_path}:{line}"
+        if len(row) > 4:
+          raise IngestError(f"{where}: expected path[,start_s,end_s,labels], got {len(row)} fields "
+                            "(quote a labels field that holds commas).")
+        rel = row[0].strip()
+        start = _float_or_none(row[1], "start_s", where) if len(row) > 1 else None
+        end = _float_or_none(row[2], "end_s", where) if len(row) > 2 else None
+        jobs.append(Job(path=rel if os.path.isabs(rel) else os.path.join(base, rel), video_id=rel,
+                        start_s=start, end_s=end))
+        rows_labels.append(_split_labels(row[3]) if len(row) > 3 else [])
+    if not jobs:
+      raise IngestError(f"{input_path}: no rows.")
+  else:
+    raise IngestError(f"--input {input_path!r} is neither a folder nor a CSV file.")
+
+  if labels_csv:
+    vocab = read_vocabulary(labels_csv)
+  else:
+    vocab = {name: i for i, name in enumerate(sorted({l for ls in rows_labels for l in ls}))}
+  names_by_index: dict[int, str] = {}
+  for name, i in vocab.items():
+    names_by_index.setdefault(i, name)
+  out = []
+  for job, names in zip(jobs, rows_labels):
+    unknown = [n for n in names if n not in vocab]
+    if unknown:
+      raise IngestError(f"{input_path}: labels {unknown} of {job.video_id!r} are not in the vocabulary "
+                        f"{labels_csv!r}.")
+    out.append(dataclasses.replace(job, labels=tuple(names), label_index=tuple(vocab[n] for n in names)))
+  vocabulary = [names_by_index.get(i, "") for i in range(max(names_by_index) + 1)] if names_by_index else []
+  return out, vocabulary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shards, per-shard state and the manifest (reused by the Beam pipeline).
+
+def convert_job(job: Job, options: Options) -> dict:
+  """Worker entry: one Job -> a picklable result with the serialized record or the skip."""
+  t = time.perf_counter()
+  try:
+    result = convert_video(job.path, job.start_s, job.end_s, job.label_index, options, video_id=job.video_id,
+                           label_strings=job.labels)
+  except Exception as e:  # pylint: disable=broad-except
+    # Anything unforeseen in a decoder is still one bad input, not a crashed run.
+    result = Skip(job.path, "corrupt", f"{type(e).__name__}: {e}")
+  out = {"path": job.path, "seconds": time.perf_counter() - t}
+  if isinstance(result, Skip):
+    out["skip"] = result.as_dict()
+  else:
+    out["record"] = schema.serialize(result)
+    out["duration_s"] = result.duration_s
+    out["silent"] = is_silent(result.audio)
+  return out
+
+
+def shard_summary(results: Iterable[dict]) -> dict:
+  """Per-shard bookkeeping from `convert_job` results (records excluded)."""
+  s = {"clips": 0, "duration_s": 0.0, "silent": [], "skipped": []}
+  for r in results:
+    if "skip" in r:
+      s["skipped"].append(r["skip"])
+    else:
+      s["clips"] += 1
+      s["duration_s"] += r["duration_s"]
+      if r["silent"]:
+        s["silent"].append(r["path"])
+  return s
+
+
+def _write_json_atomic(path: str, obj) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def build_manifest(summaries: Sequence[dict], *, num_inputs: int, options: Options, split: str,
+                   shards: Sequence[str], vocabulary: Sequence[str], elapsed_s: float | None = None) -> dict:
+  skipped = [s for summary in summaries for s in summary["skipped"]]
+  counts = {reason: 0 for reason in SKIP_REASONS}
+  for s in skipped:
+    counts[s["reason"]] += 1
+  silent = [p for summary in summaries for p in summary["silent"]]
+  return {
+      "format_version": schema.FORMAT_VERSION,
+      "split": split,
+      "inputs": num_inputs,
+      "clips": sum(s["clips"] for s in summaries),
+      "total_duration_s": round(sum(s["duration_s"] for s in summaries), 3),
+      "silent_clips": len(silent),
+      "silent": silent,
+      "skipped_count": len(skipped),
+      "skipped_by_reason": {k: v for k, v in counts.items() if v},
+      "skipped": skipped,
+      "shards": [os.path.basename(p) for p in shards],
+      "options": dataclasses.asdict(options),
+      "num_classes": len(vocabulary),
+      "elapsed_s": None if elapsed_s is None else round(elapsed_s, 2),
+  }
+
+
+def _fingerprint(jobs: Sequence[Job], options: Options, shard_clips: int, split: str) -> str:
+  h = hashlib.sha256()
+  h.update(json.dumps([dataclasses.asdict(options), shard_clips, split], sort_keys=True).encode())
+  for j in jobs:
+    h.update(json.dumps(dataclasses.asdict(j), sort_keys=True).encode())
+  return h.hexdigest()
+
+
+def _worker_init():
+  # Workers only decode: keep each to one thread so N workers use N cores.
+  os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _convert_indexed(args):
+  i, job, options = args
+  return i, convert_job(job, options)
+
+
+def ingest(input_path: str, output: str, *, labels_csv: str | None = None, options: Options = Options(),
+           strict: bool = False, workers: int = 0, shard_clips: int = 256, split: str = "train",
+           progress: bool | None = None) -> dict:
+  """Converts every input into shards of `split` under `output`; returns the manifest (also written)."""
+  t0 = time.perf_counter()
+  options.validate()
+  if shard_clips < 1:
+    raise ValueError(f"shard_clips must be >= 1, got {shard_clips}.")
+  jobs, vocabulary = read_inputs(input_path, labels_csv)
+  num_shards = math.ceil(len(jobs) / shard_clips)
+  state = os.path.join(output, STATE_DIR)
+  os.makedirs(state, exist_ok=True)
+  plan_path = os.path.join(state, "plan.json")
+  fingerprint = _fingerprint(jobs, options, shard_clips, split)
+  if os.path.exists(plan_path):
+    with open(plan_path, encoding="utf-8") as f:
+      old = json.load(f)
+    if old["fingerprint"] != fingerprint:
+      raise IngestError(f"{output!r} holds an ingest of other inputs or options (see {plan_path}); "
+                        "use a new --output folder or delete that one.")
+  else:
+    _write_json_atomic(plan_path, {"fingerprint": fingerprint, "inputs": len(jobs), "shards": num_shards})
+  with open(os.path.join(output, "labels.csv"), "w", encoding="utf-8", newline="") as f:
+    csv.writer(f).writerows([i, name] for i, name in enumerate(vocabulary))
+
+  shard_paths = [os.path.join(output, schema.shard_name(split, k, num_shards)) for k in range(num_shards)]
+  summary_paths = [os.path.join(state, f"{split}-{k:05d}.json") for k in range(num_shards)]
+  done = [os.path.exists(p) and os.path.exists(s) for p, s in zip(shard_paths, summary_paths)]
+  pending = [(i, jobs[i], options) for k in range(num_shards) if not done[k]
+             for i in range(k * shard_clips, min(len(jobs), (k + 1) * shard_clips))]
+  if any(done):
+    log.info("Resuming: %d of %d shards already written.", sum(done), num_shards)
+
+  from tqdm import tqdm
+  bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), unit="video", desc="ingest",
+             disable=(not progress) if progress is not None else None)
+  buffers: dict[int, dict[int, dict]] = {}
+
+  def finish_shard(k):
+    shard = buffers.pop(k)
+    results = [shard[i] for i in sorted(shard)]
+    schema.write_records(shard_paths[k], [r["record"] for r in results if "record" in r])
+    _write_json_atomic(summary_paths[k], shard_summary(results))
+
+  def handle(i, result):
+    if "skip" in result:
+      s = result["skip"]
+      log.warning("Skipped %s: %s (%s)", s["path"], s["reason"], s["detail"])
+      if strict:
+        raise IngestError(f"--strict: {s['path']}: {s['reason']} ({s['detail']})")
+    k = i // shard_clips
+    buffers.setdefault(k, {})[i] = result
+    bar.update(1)
+    if len(buffers[k]) == min(len(jobs), (k + 1) * shard_clips) - k * shard_clips:
+      finish_shard(k)
+
+  try:
+    if workers <= 1 or len(pending) <= 1:
+      for args in pending:
+        handle(*_convert_indexed(args))
+    else:
+      # spawn: the parent may have imported TensorFlow (the shard writer), which must not be forked.
+      ctx = multiprocessing.get_context("spawn")
+      with ctx.Pool(workers, initializer=_worker_init) as pool:
+        for i, result in pool.imap(_convert_indexed, pending, chunksize=1):
+          handle(i, result)
+  finally:
+    bar.close()
+
+  summaries = []
+  for p in summary_paths:
+    with open(p, encoding="utf-8") as f:
+      summaries.append(json.load(f))
+  manifest = build_manifest(summaries, num_inputs=len(jobs), options=options, split=split, shards=shard_paths,
+                            vocabulary=vocabulary, elapsed_s=time.perf_counter() - t0)
+  _write_json_atomic(os.path.join(output, "manifest.json"), manifest)
+  return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m data_pipeline.ingest", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog="See the module docstring (data_pipeline/ingest.py) for the details.")
+  p.add_argument("--input", required=True, help="Folder of videos (recursive) or CSV path[,start_s,end_s,labels].")
+  p.add_argument("--output", required=True, help="Output folder for shards, manifest.json and labels.csv.")
+  p.add_argument("--labels", default=None, help="Label vocabulary CSV: name, or index,name[,alias...] rows.")
+  p.add_argument("--strict", action="store_true", help="Stop with an error at the first bad input.")
+  p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Decoder processes (default: cores).")
+  p.add_argument("--sample-rate", type=int, default=16000, help="Stored audio rate, Hz.")
+  p.add_argument("--fps", type=float, default=10.0, help="Stored frames per second.")
+  p.add_argument("--size", type=int, default=64, help="Stored frames are SIZE x SIZE (centre crop).")
+  p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of stored frames.")
+  p.add_argument("--shard-clips", type=int, default=256, help="Inputs per shard.")
+  p.add_argument("--split", default="train", help="Split name in the shard file names.")
+  p.add_argument("--skip-silent", action="store_true", help="Skip silent clips (default: keep and count).")
+  p.add_argument("--quiet", action="store_true", help="No progress bar or per-skip warnings.")
+  args = p.parse_args(argv)
+  logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+  options = Options(sample_rate=args.sample_rate, fps=args.fps, size=args.size, jpeg_quality=args.jpeg_quality,
+                    skip_silent=args.skip_silent)
+  try:
+    m = ingest(args.input, args.output, labels_csv=args.labels, options=options, strict=args.strict,
+               workers=args.workers, shard_clips=args.shard_clips, split=args.split,
+               progress=False if args.quiet else None)
+  except (IngestError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"{m['clips']} clips ({m['total_duration_s']:.1f} s, {m['silent_clips']} silent) from {m['inputs']} "
+        f"inputs in {len(m['shards'])} shards; skipped {m['skipped_count']} {m['skipped_by_reason']}; "
+        f"{os.path.join(args.output, 'manifest.json')}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
