@@ -6,9 +6,10 @@ r"""Video files to sharded TFRecords in the format of `data_pipeline.schema`.
 Input: a folder (searched recursively for common video extensions) or a CSV whose rows are
 `path[,start_s,end_s,labels]` (relative paths are relative to the CSV; empty start/end mean the whole file;
 labels separated by ';', or by ',' inside a quoted field when no ';' is present; an optional header row starts
-with `path`). `--labels` names a vocabulary CSV: rows `name` (index = row number) or `index,name[,alias...]`
-(AudioSet's `index,mid,display_name` works: both the mid and the display name map to the index). Without it
-the vocabulary is the sorted set of labels in the input CSV. Either way it is written to `OUTPUT/labels.csv`.
+with `path`). `--labels` names a vocabulary CSV: rows `name` (index = row number) or `index,alias...,name`
+(AudioSet's `index,mid,display_name` works: mid and display name both map to the index, the display name is
+stored). Without it the vocabulary is the sorted set of labels in the input CSV. Either way it is written to
+`OUTPUT/labels.csv` as `index,name` rows.
 
 Per clip (`convert_video`, a pure function that the Beam pipeline reuses):
 - Audio: every channel layout is downmixed to mono (the mean of the channels without LFE), resampled to
@@ -305,9 +306,14 @@ def convert_video(path: str, start_s: float | None, end_s: float | None, labels:
 # ----------------------------------------------------------------------------------------------------------
 # Inputs and vocabulary.
 
-def read_vocabulary(path: str) -> dict[str, int]:
-  """Label vocabulary CSV -> {name: index}; rows `name` or `index,name[,alias...]`, optional header."""
+def read_vocabulary(path: str) -> tuple[dict[str, int], list[str]]:
+  """Label vocabulary CSV -> ({name or alias: index}, names by index).
+
+  Rows `name` (index = row number) or `index,alias...,name` (the last column is the name that is stored,
+  every column maps to the index), with an optional header row.
+  """
   vocab: dict[str, int] = {}
+  canonical: dict[int, str] = {}
   with open(path, newline="", encoding="utf-8") as f:
     for row_number, row in enumerate(csv.reader(f)):
       row = [c.strip() for c in row if c.strip()]
@@ -323,9 +329,12 @@ def read_vocabulary(path: str) -> dict[str, int]:
         if name in vocab and vocab[name] != index:
           raise ValueError(f"{path}: label {name!r} has two indices ({vocab[name]} and {index}).")
         vocab[name] = index
+      canonical[index] = names[-1]
   if not vocab:
     raise ValueError(f"{path}: empty label vocabulary.")
-  return vocab
+  if min(canonical) < 0:
+    raise ValueError(f"{path}: negative label index {min(canonical)}.")
+  return vocab, [canonical.get(i, "") for i in range(max(canonical) + 1)]
 
 
 def _split_labels(field: str) -> list[str]:
@@ -379,20 +388,18 @@ def read_inputs(input_path: str, labels_csv: str | None = None) -> tuple[list[Jo
     raise IngestError(f"--input {input_path!r} is neither a folder nor a CSV file.")
 
   if labels_csv:
-    vocab = read_vocabulary(labels_csv)
+    vocab, vocabulary = read_vocabulary(labels_csv)
   else:
-    vocab = {name: i for i, name in enumerate(sorted({l for ls in rows_labels for l in ls}))}
-  names_by_index: dict[int, str] = {}
-  for name, i in vocab.items():
-    names_by_index.setdefault(i, name)
+    vocabulary = sorted({l for ls in rows_labels for l in ls})
+    vocab = {name: i for i, name in enumerate(vocabulary)}
   out = []
   for job, names in zip(jobs, rows_labels):
     unknown = [n for n in names if n not in vocab]
     if unknown:
       raise IngestError(f"{input_path}: labels {unknown} of {job.video_id!r} are not in the vocabulary "
                         f"{labels_csv!r}.")
-    out.append(dataclasses.replace(job, labels=tuple(names), label_index=tuple(vocab[n] for n in names)))
-  vocabulary = [names_by_index.get(i, "") for i in range(max(names_by_index) + 1)] if names_by_index else []
+    index = tuple(vocab[n] for n in names)
+    out.append(dataclasses.replace(job, labels=tuple(vocabulary[i] for i in index), label_index=index))
   return out, vocabulary
 
 

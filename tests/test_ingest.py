@@ -1,0 +1,188 @@
+"""Ingest of videos made by the tests themselves: skips and reasons, odd inputs, alignment, resume, CSV."""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_pipeline import ingest, schema
+from tests.video_fixtures import EVENTS, GOOD, flash_click_video, video_dir  # noqa: F401  (fixtures)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def decode(jpeg):
+  return np.asarray(Image.open(io.BytesIO(jpeg)))
+
+
+def click_times(audio, sample_rate, threshold=0.3, gap_s=0.3):
+  """Onsets (s) of loud bursts separated by at least gap_s."""
+  idx = np.flatnonzero(np.abs(audio) > threshold)
+  onsets = [i for k, i in enumerate(idx) if k == 0 or i - idx[k - 1] > gap_s * sample_rate]
+  return np.asarray(onsets) / sample_rate
+
+
+def flash_times(frames, fps):
+  """Times (s) of frames that turn white after a dark one."""
+  bright = np.array([decode(f).mean() > 128 for f in frames])
+  return np.flatnonzero(bright & ~np.r_[False, bright[:-1]]) / fps
+
+
+def test_folder_ingest_counts_skips_and_reasons(video_dir, tmp_path):
+  src, expected = video_dir
+  out = str(tmp_path / "out")
+  m = ingest.ingest(src, out, workers=2, shard_clips=4, progress=False)
+  assert m == json.load(open(os.path.join(out, "manifest.json")))
+  good = [n for n, r in expected.items() if r is None]
+  bad = {os.path.relpath(s["path"], src): s["reason"] for s in m["skipped"]}
+  assert bad == {n: r for n, r in expected.items() if r is not None}
+  assert all(s["detail"] for s in m["skipped"])
+  assert m["inputs"] == len(expected) and m["clips"] == len(good) and m["skipped_count"] == len(bad)
+  assert m["skipped_by_reason"] == {r: list(bad.values()).count(r) for r in set(bad.values())}
+  assert [os.path.basename(p) for p in m["silent"]] == ["silent.mp4"] and m["silent_clips"] == 1
+
+  clips = {c.video_id: c for c in schema.read_clips(schema.list_shards(out, "train"))}
+  assert sorted(clips) == sorted(good)
+  total = 0.0
+  for name, clip in clips.items():
+    seconds = GOOD.get(name, {}).get("seconds", 1.0)
+    duration = clip.duration_s
+    total += duration
+    # Whole file: the overlap of both streams, within a frame of the written length.
+    assert abs(duration - seconds) < 0.1, (name, duration)
+    assert clip.sample_rate == 16000 and clip.fps == 10.0
+    assert clip.audio.dtype == np.float32 and len(clip.audio) == round(duration * 16000)
+    assert len(clip.frames) == int(np.ceil(duration * 10 - 1e-6))
+    assert np.abs(clip.audio).max() <= 1.0
+    assert decode(clip.frames[0]).shape == (64, 64, 3)
+    if name == "silent.mp4":
+      assert np.abs(clip.audio).max() < 1e-3
+    else:
+      # The 440 Hz tone survives downmixing (stereo, 5.1) and resampling (8 kHz and 48 kHz to 16 kHz).
+      spectrum = np.abs(np.fft.rfft(clip.audio * np.hanning(len(clip.audio))))
+      assert abs(np.argmax(spectrum) * 16000 / len(clip.audio) - 440) < 5, name
+      rms = np.sqrt(np.mean(clip.audio[400:-400] ** 2))
+      assert 0.02 < rms < 0.06, (name, rms)  # Tone 0.05 / sqrt(2) plus a little noise; no +3 dB sum.
+  assert abs(m["total_duration_s"] - total) < 1e-2
+  # The same clips come out of one in-process worker (parallel decoding changes nothing).
+  one = ingest.convert_video(os.path.join(src, "stereo48k.mkv"), None, None, [], ingest.Options(),
+                             video_id="stereo48k.mkv")
+  np.testing.assert_array_equal(one.audio, clips["stereo48k.mkv"].audio)
+  assert one.frames == clips["stereo48k.mkv"].frames
+
+
+def test_portrait_and_huge_frames_are_centre_cropped(video_dir):
+  import av
+  # Portrait 40x80: red top quarter, green middle half, blue bottom quarter. A centre crop keeps the green
+  # square only (a stretch or a pad would show red, blue or black).
+  img = np.zeros([80, 40, 3], np.uint8)
+  img[:20, :, 0] = img[20:60, :, 1] = img[60:, :, 2] = 255
+  out = decode(ingest._frame_to_jpeg(av.VideoFrame.from_ndarray(img, format="rgb24"), 16, 95))
+  assert out.shape == (16, 16, 3)
+  np.testing.assert_allclose(out.reshape(-1, 3).mean(0), [0, 255, 0], atol=6)
+  src, _ = video_dir
+  clip = ingest.convert_video(os.path.join(src, "huge.mp4"), None, None, [], ingest.Options(size=16))
+  assert decode(clip.frames[0]).shape == (16, 16, 3)
+  assert len(clip.frames) == int(np.ceil(clip.duration_s * 10 - 1e-6))
+
+
+def test_strict_stops_at_first_bad_input(video_dir, tmp_path):
+  src, _ = video_dir
+  with pytest.raises(ingest.IngestError, match=r"corrupt\.mp4: corrupt"):
+    ingest.ingest(src, str(tmp_path), strict=True, workers=1, shard_clips=100, progress=False)
+
+
+def test_flash_and_click_stay_aligned(flash_click_video):
+  clip = ingest.convert_video(flash_click_video, None, None, [], ingest.Options())
+  clicks = click_times(clip.audio, clip.sample_rate)
+  flashes = flash_times(clip.frames, clip.fps)
+  np.testing.assert_allclose(clicks, EVENTS, atol=0.01)
+  assert len(flashes) == len(EVENTS)
+  # A flash shows in the first stored frame at or after it; never before its click, at most a frame after.
+  delay = flashes - clicks
+  assert np.all(delay > -0.01) and np.all(delay < 1 / clip.fps + 0.01), delay
+  # A span keeps the same alignment (start timestamps are kept, both cut at the same instant).
+  part = ingest.convert_video(flash_click_video, 1.0, 2.5, [], ingest.Options(fps=20))
+  assert (part.start_us, part.end_us) == (1_000_000, 2_500_000)
+  assert len(part.audio) == 24000 and len(part.frames) == 30
+  delay = flash_times(part.frames, 20) - click_times(part.audio, 16000)
+  assert len(delay) == 2 and np.all(delay > -0.01) and np.all(delay < 1 / 20 + 0.01), delay
+
+
+def test_csv_spans_labels_vocabulary_and_unreadable(video_dir, tmp_path):
+  src, _ = video_dir
+  csv_path = tmp_path / "list.csv"
+  csv_path.write_text(
+      "path,start_s,end_s,labels\n"
+      f"{src}/good.mp4,0.2,0.7,dog;cat\n"
+      f'{src}/stereo48k.mkv,,,"cat"\n'
+      "missing/nothing.mp4,,,dog\n"
+      f"{src}/good.mp4,0.8,0.3,dog\n")
+  vocab = tmp_path / "vocab.csv"
+  vocab.write_text("index,mid,display_name\n0,/m/0bt9lr,dog\n1,/m/01yrx,cat\n")
+  out = str(tmp_path / "out")
+  m = ingest.ingest(str(csv_path), out, labels_csv=str(vocab), workers=1, progress=False)
+  assert m["clips"] == 2 and m["num_classes"] == 2
+  assert {s["reason"] for s in m["skipped"]} == {"unreadable", "bad_range"}
+  clips = list(schema.read_clips(schema.list_shards(out, "train")))
+  span = clips[0]
+  assert (span.start_us, span.end_us) == (200_000, 700_000)
+  assert len(span.audio) == 8000 and len(span.frames) == 5
+  assert span.label_index == [0, 1] and span.label_string == ["dog", "cat"]
+  assert clips[1].label_index == [1] and clips[1].duration_s > 0.9
+  assert open(os.path.join(out, "labels.csv")).read().split() == ["0,dog", "1,cat"]
+  # A label outside the vocabulary is an error before any work, naming the label.
+  csv_path.write_text(f"{src}/good.mp4,,,bird\n")
+  with pytest.raises(ingest.IngestError, match="bird"):
+    ingest.ingest(str(csv_path), str(tmp_path / "o2"), labels_csv=str(vocab), progress=False)
+
+
+def test_resume_keeps_finished_shards(video_dir, tmp_path, monkeypatch):
+  src, expected = video_dir
+  out = str(tmp_path / "out")
+  first = ingest.ingest(src, out, workers=1, shard_clips=3, progress=False)
+  shards = schema.list_shards(out, "train")
+  # Simulate a crash: one shard never renamed into place, a temp file left behind.
+  os.remove(shards[1])
+  open(shards[1] + ".tmp-123", "wb").write(b"partial")
+  before = {p: os.path.getmtime(p) for p in shards if p != shards[1]}
+  converted = []
+  real = ingest.convert_video
+  monkeypatch.setattr(ingest, "convert_video", lambda path, *a, **k: converted.append(path) or real(path, *a, **k))
+  second = ingest.ingest(src, out, workers=1, shard_clips=3, progress=False)
+  assert len(converted) == 3  # Only the missing shard's inputs were decoded again.
+  assert {p: os.path.getmtime(p) for p in before} == before
+  for key in ("clips", "skipped", "silent", "total_duration_s", "shards"):
+    assert first[key] == second[key]
+  # Same output folder, other options: refused rather than mixing two ingests.
+  with pytest.raises(ingest.IngestError, match="other inputs or options"):
+    ingest.ingest(src, out, options=ingest.Options(fps=5), workers=1, shard_clips=3, progress=False)
+
+
+def test_skip_silent(video_dir, tmp_path):
+  src, _ = video_dir
+  clip = ingest.convert_video(os.path.join(src, "silent.mp4"), None, None, [],
+                              ingest.Options(skip_silent=True))
+  assert isinstance(clip, ingest.Skip) and clip.reason == "silent"
+
+
+def test_options_out_of_range_name_the_field():
+  with pytest.raises(ValueError, match="size=4"):
+    ingest.Options(size=4).validate()
+
+
+def test_cli_help_and_run(video_dir, tmp_path):
+  src, _ = video_dir
+  r = subprocess.run([sys.executable, "-m", "data_pipeline.ingest", "--help"], cwd=ROOT, capture_output=True,
+                     text=True, check=True)
+  assert "--input" in r.stdout and "--strict" in r.stdout and "--skip-silent" in r.stdout
+  csv_path = tmp_path / "one.csv"
+  csv_path.write_text(f"{src}/good.mp4\n{src}/no_audio.mp4\n")
+  r = subprocess.run([sys.executable, "-m", "data_pipeline.ingest", "--input", str(csv_path), "--output",
+                      str(tmp_path / "o"), "--workers", "1", "--quiet", "--strict"], cwd=ROOT,
+                     capture_output=True, text=True)
+  assert r.returncode == 2 and "no_audio" in r.stderr
