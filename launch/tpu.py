@@ -45,6 +45,7 @@ class Accelerator:
   generation: str
   size: int  # The number in the name: TensorCores for v2-v4/v5p, chips for v5e/v6e.
   workers: int  # TPU VM hosts in the slice.
+  devices: int  # JAX devices: one per core on v2/v3, one per chip (megacore or single core) from v4 on.
   runtime_version: str  # A default software version for this generation.
 
 
@@ -76,7 +77,8 @@ def parse_accelerator(name: str) -> Accelerator:
     workers = size // per_host
   else:  # v5e/v6e: up to 8 chips sit in one host; larger slices have 4 chips per host.
     workers = 1 if size <= 8 else size // per_host
-  return Accelerator(f"{gen}-{size}", gen, size, workers, runtime)
+  devices = size // 2 if gen in ("v4", "v5p") else size
+  return Accelerator(f"{gen}-{size}", gen, size, workers, devices, runtime)
 
 
 class Tpu:
@@ -110,7 +112,7 @@ class Tpu:
   def create(self) -> None:
     accel = self._need_accel("create")
     runtime = self.a.runtime_version or accel.runtime_version
-    self.r.note(f"{accel.gcloud_type}: {accel.workers} worker(s), runtime {runtime}"
+    self.r.note(f"{accel.gcloud_type}: {accel.workers} worker(s), {accel.devices} devices, runtime {runtime}"
                 + (", spot" if self.a.spot else "") + (", queued" if self.a.queued else ""))
     spot = ["--spot"] if self.a.spot else []
     if self.a.queued:
@@ -181,6 +183,10 @@ class Tpu:
     if self.a.code == "local" and not os.path.isfile(os.path.join(REPO_ROOT, self.a.config)):
       raise ValueError(f"--config {self.a.config!r}: no such file in {REPO_ROOT} (give a repo-relative path)")
     overrides = common.parse_overrides(self.a.override)
+    batch = overrides.get("train.global_batch_size")
+    if batch is not None and (not batch.isdigit() or int(batch) % accel.devices):
+      raise ValueError(f"--override train.global_batch_size={batch}: must be a multiple of the "
+                       f"{accel.devices} devices of a {accel.gcloud_type}")
     argv = common.main_command(python="python3", config=self.a.config, workdir=self.a.workdir,
                                mode=self.a.mode, overrides=overrides, distributed=["--distributed=auto"])
     env = []

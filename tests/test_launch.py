@@ -76,13 +76,13 @@ def test_parse_override_errors_name_the_input():
 
 # ---- TPU -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,gcloud_type,workers", [
-    ("v4-8", "v4-8", 1), ("v4-64", "v4-64", 8), ("v5e-256", "v5litepod-256", 64),
-    ("v5litepod-8", "v5litepod-8", 1), ("v5litepod-16", "v5litepod-16", 4), ("v5p-128", "v5p-128", 16),
-    ("v6e-64", "v6e-64", 16), ("v3-32", "v3-32", 4)])
-def test_accelerator_workers(name, gcloud_type, workers):
+@pytest.mark.parametrize("name,gcloud_type,workers,devices", [
+    ("v4-8", "v4-8", 1, 4), ("v4-64", "v4-64", 8, 32), ("v5e-256", "v5litepod-256", 64, 256),
+    ("v5litepod-8", "v5litepod-8", 1, 8), ("v5litepod-16", "v5litepod-16", 4, 16), ("v5p-128", "v5p-128", 16, 64),
+    ("v6e-64", "v6e-64", 16, 64), ("v3-32", "v3-32", 4, 32)])
+def test_accelerator_workers(name, gcloud_type, workers, devices):
   a = tpu.parse_accelerator(name)
-  assert (a.gcloud_type, a.workers) == (gcloud_type, workers)
+  assert (a.gcloud_type, a.workers, a.devices) == (gcloud_type, workers, devices)
 
 
 @pytest.mark.parametrize("bad", ["v4-4", "v4-48", "v7-8", "tpu-64", "v4"])
@@ -98,7 +98,7 @@ def test_tpu_up_dry_run_queued_spot(capsys, no_subprocess):
             "--override", "model.video.name=", "--env", "TF_CPP_MIN_LOG_LEVEL=2", "--dry-run"])
   lines = _lines(capsys)
   cmds = [shlex.split(l) for l in lines if not l.startswith("#")]
-  assert "# v4-64: 8 worker(s), runtime tpu-ubuntu2204-base, spot, queued" in lines
+  assert "# v4-64: 8 worker(s), 32 devices, runtime tpu-ubuntu2204-base, spot, queued" in lines
   create = cmds[0]
   assert create[:5] == ["gcloud", "compute", "tpus", "queued-resources", "create"]
   assert {"avcl-pod", "--node-id=avcl-pod", "--zone=us-central2-b", "--project=my-proj",
@@ -153,6 +153,11 @@ def test_tpu_pod_needs_gs_workdir(capsys, no_subprocess):
     tpu.main(["run", "--name", "n", "--zone", "z", "--accelerator-type", "v4-16", "--config",
               "configs/nope.py", "--workdir", "gs://b/w", "--dry-run"])
   assert "no such file" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    tpu.main(["run", "--name", "n", "--zone", "z", "--accelerator-type", "v4-64", "--config",
+              "configs/default.py", "--workdir", "gs://b/w", "--override", "train.global_batch_size=100",
+              "--dry-run"])
+  assert "multiple of the 32 devices of a v4-64" in capsys.readouterr().err
 
 
 def _fake_python(tmp_path, body):
