@@ -1,0 +1,271 @@
+"""Speech from eSpeak NG, driven through ctypes.
+
+The `espeakng-loader` wheel ships `libespeak-ng` and its voice data, so speech needs nothing outside PyPI.
+eSpeak synthesises at its native rate (22050 Hz) into a callback buffer; we resample to the target rate.
+
+A *speaker* is an eSpeak voice (a language or accent, e.g. `en-GB-scotland`) + a voice variant (formant and
+pitch-range presets such as `m3`, `f2`, `Annie`) + a base pitch, pitch range and speaking rate. Two speakers
+with the same (voice, variant) but other prosody sound alike, so the world partitions (voice, variant) pairs,
+not whole speakers, between pretraining and held-out tasks.
+
+eSpeak keeps global state, so there is one engine per process (worker processes each make their own).
+"""
+import ctypes
+import dataclasses
+import functools
+import os
+from math import gcd
+
+import numpy as np
+import scipy.signal
+
+# espeak_AUDIO_OUTPUT / espeak_POSITION_TYPE / espeak_PARAMETER values from speak_lib.h.
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+_PARAM_RATE, _PARAM_PITCH, _PARAM_RANGE = 1, 3, 4
+_PARAM_VOLUME = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Language:
+  code: str  # Label used by the language task (ISO 639 or eSpeak code).
+  name: str
+  voices: tuple[str, ...]  # eSpeak voices (accents) that speak it.
+  words: tuple[str, ...]  # Common words in the language's own script; numbers are spoken natively too.
+
+
+# Languages of the language-identification task (and of pretraining speech).
+TASK_LANGUAGES = (
+    Language("en", "English", ("en", "en-US", "en-GB-scotland", "en-GB-x-rp", "en-029", "en-US-nyc",
+                               "en-GB-x-gbclan", "en-GB-x-gbcwmd"),
+             ("hello", "thank you", "water", "house", "good", "morning", "night", "friend", "bread", "sun",
+              "tomorrow", "music", "city", "green", "river")),
+    Language("de", "German", ("de",),
+             ("hallo", "danke", "Wasser", "Haus", "gut", "Morgen", "Nacht", "Freund", "Brot", "Sonne",
+              "morgen", "Musik", "Stadt", "grün", "Fluss")),
+    Language("fr", "French", ("fr", "fr-BE", "fr-CH"),
+             ("bonjour", "merci", "eau", "maison", "bon", "matin", "nuit", "ami", "pain", "soleil", "demain",
+              "musique", "ville", "vert", "rivière")),
+    Language("es", "Spanish", ("es", "es-419"),
+             ("hola", "gracias", "agua", "casa", "bueno", "mañana", "noche", "amigo", "pan", "sol", "música",
+              "ciudad", "verde", "río", "tarde")),
+    Language("it", "Italian", ("it",),
+             ("ciao", "grazie", "acqua", "casa", "buono", "mattina", "notte", "amico", "pane", "sole",
+              "domani", "musica", "città", "verde", "fiume")),
+    Language("pt", "Portuguese", ("pt", "pt-BR"),
+             ("olá", "obrigado", "água", "casa", "bom", "manhã", "noite", "amigo", "pão", "sol", "amanhã",
+              "música", "cidade", "verde", "rio")),
+    Language("nl", "Dutch", ("nl",),
+             ("hallo", "dank je", "water", "huis", "goed", "ochtend", "nacht", "vriend", "brood", "zon",
+              "morgen", "muziek", "stad", "groen", "rivier")),
+    Language("pl", "Polish", ("pl",),
+             ("cześć", "dziękuję", "woda", "dom", "dobry", "rano", "noc", "przyjaciel", "chleb", "słońce",
+              "jutro", "muzyka", "miasto", "zielony", "rzeka")),
+    Language("ru", "Russian", ("ru",),
+             ("привет", "спасибо", "вода", "дом", "хорошо", "утро", "ночь", "друг", "хлеб", "солнце",
+              "завтра", "музыка", "город", "зелёный", "река")),
+    Language("tr", "Turkish", ("tr",),
+             ("merhaba", "teşekkürler", "su", "ev", "iyi", "sabah", "gece", "arkadaş", "ekmek", "güneş",
+              "yarın", "müzik", "şehir", "yeşil", "nehir")),
+    Language("hi", "Hindi", ("hi",),
+             ("नमस्ते", "धन्यवाद", "पानी", "घर", "अच्छा", "सुबह", "रात", "दोस्त", "रोटी", "सूरज", "कल",
+              "संगीत", "शहर", "हरा", "नदी")),
+    Language("cmn", "Mandarin", ("cmn",),
+             ("你好", "谢谢", "水", "房子", "好", "早上", "晚上", "朋友", "面包", "太阳", "明天", "音乐",
+              "城市", "绿色", "河")),
+)
+
+# Heard in pretraining only: more phonetic variety than the task needs.
+EXTRA_LANGUAGES = (
+    Language("sv", "Swedish", ("sv",),
+             ("hej", "tack", "vatten", "hus", "bra", "morgon", "natt", "vän", "bröd", "sol", "imorgon",
+              "musik", "stad", "grön", "flod")),
+    Language("fi", "Finnish", ("fi",),
+             ("hei", "kiitos", "vesi", "talo", "hyvä", "aamu", "yö", "ystävä", "leipä", "aurinko",
+              "huomenna", "musiikki", "kaupunki", "vihreä", "joki")),
+    Language("el", "Greek", ("el",),
+             ("γεια σου", "ευχαριστώ", "νερό", "σπίτι", "καλό", "πρωί", "νύχτα", "φίλος", "ψωμί", "ήλιος",
+              "αύριο", "μουσική", "πόλη", "πράσινο", "ποτάμι")),
+    Language("hu", "Hungarian", ("hu",),
+             ("szia", "köszönöm", "víz", "ház", "jó", "reggel", "éjszaka", "barát", "kenyér", "nap",
+              "holnap", "zene", "város", "zöld", "folyó")),
+    Language("sw", "Swahili", ("sw",),
+             ("jambo", "asante", "maji", "nyumba", "nzuri", "asubuhi", "usiku", "rafiki", "mkate", "jua",
+              "kesho", "muziki", "mji", "kijani", "mto")),
+    Language("id", "Indonesian", ("id",),
+             ("halo", "terima kasih", "air", "rumah", "baik", "pagi", "malam", "teman", "roti", "matahari",
+              "besok", "musik", "kota", "hijau", "sungai")),
+    Language("ja", "Japanese", ("ja",),
+             ("こんにちは", "ありがとう", "みず", "いえ", "いい", "あさ", "よる", "ともだち", "パン", "たいよう",
+              "あした", "おんがく", "まち", "みどり", "かわ")),
+    Language("cs", "Czech", ("cs",),
+             ("ahoj", "děkuji", "voda", "dům", "dobrý", "ráno", "noc", "přítel", "chléb", "slunce", "zítra",
+              "hudba", "město", "zelený", "řeka")),
+)
+
+ALL_LANGUAGES = TASK_LANGUAGES + EXTRA_LANGUAGES
+LANGUAGE_BY_CODE = {lang.code: lang for lang in ALL_LANGUAGES}
+
+# Keyword spotting in the style of Speech Commands: ten commands and an "unknown word" class.
+KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+UNKNOWN_KEYWORD = "_unknown_"
+UNKNOWN_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "bed",
+                 "bird", "cat", "dog", "happy", "house", "tree", "wow", "learn", "follow", "forward",
+                 "backward", "visual", "sheila", "marvin")
+
+# eSpeak voice variants (files in espeak-ng-data/voices/!v) that sound like people: robots, whispers,
+# croaks and the variants that force their own language are left out.
+VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2",
+            "klatt3", "adam", "Alicia", "Andrea", "Andy", "Annie", "anika", "antonio", "aunty", "belinda",
+            "benjamin", "boris", "caleb", "david", "Denis", "ed", "edward", "gustave", "grandma", "grandpa",
+            "Henrique", "Hugo", "iven", "john", "Lee", "linda", "Marco", "max", "michel", "Michael",
+            "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "sandro", "shelby",
+            "steph", "travis", "victor", "zac")
+
+
+@dataclasses.dataclass(frozen=True)
+class Speaker:
+  """One synthetic person: what eSpeak is told before every utterance."""
+  language: str  # Language code (Language.code).
+  voice: str  # eSpeak voice, e.g. "en-GB-scotland".
+  variant: str  # eSpeak variant, e.g. "m3".
+  pitch: int  # Base pitch, eSpeak scale 0..100.
+  pitch_range: int  # Intonation range, 0 (monotone) .. 100.
+  rate: int  # Words per minute, 80..450.
+
+  @property
+  def name(self) -> str:
+    return f"{self.voice}+{self.variant}/p{self.pitch}/r{self.pitch_range}/w{self.rate}"
+
+  @property
+  def voice_variant(self) -> tuple[str, str]:
+    return (self.voice, self.variant)
+
+
+def random_speaker(rng: np.random.Generator, language: str, voice: str, variant: str) -> Speaker:
+  """Samples prosody for a (voice, variant): spread wide enough that speakers are distinguishable."""
+  return Speaker(language=language, voice=voice, variant=variant, pitch=int(rng.integers(20, 81)),
+                 pitch_range=int(rng.integers(20, 91)), rate=int(rng.integers(120, 221)))
+
+
+def random_phrase(rng: np.random.Generator, language: str, max_tokens: int = 4) -> str:
+  """2..max_tokens tokens: common words, and numbers that eSpeak reads out in the language itself."""
+  words = LANGUAGE_BY_CODE[language].words
+  tokens = []
+  for _ in range(int(rng.integers(2, max_tokens + 1))):
+    if rng.random() < 0.35:
+      tokens.append(str(int(rng.integers(1, 1000))))
+    else:
+      tokens.append(words[int(rng.integers(len(words)))])
+  return " ".join(tokens)
+
+
+class _Engine:
+  """The process's eSpeak NG instance (synchronous mode, samples collected by a ctypes callback)."""
+
+  def __init__(self):
+    import espeakng_loader  # Imported here: only speech needs it.
+    self.data_path = espeakng_loader.get_data_path()
+    lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_Initialize.restype = ctypes.c_int
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_SetVoiceByName.restype = ctypes.c_int
+    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.espeak_SetParameter.restype = ctypes.c_int
+    lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+                                 ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+    lib.espeak_Synth.restype = ctypes.c_int
+    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path.encode(), 0)
+    if rate <= 0:
+      raise RuntimeError(f"espeak_Initialize failed (returned {rate}) with data at {self.data_path}")
+    self.native_rate = int(rate)
+    self._chunks: list[np.ndarray] = []
+    callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                                     ctypes.c_void_p)
+    # Kept on self: ctypes callbacks must outlive every call that may invoke them.
+    self._callback = callback_type(self._collect)
+    lib.espeak_SetSynthCallback(self._callback)
+    self.lib = lib
+    variant_dir = os.path.join(self.data_path, "voices", "!v")
+    self.variants = frozenset(os.listdir(variant_dir))
+
+  def _collect(self, wav, num_samples, events):
+    del events
+    if wav and num_samples > 0:
+      self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+    return 0  # 0: continue synthesis.
+
+  def synthesize(self, speaker: Speaker, text: str) -> np.ndarray:
+    """-> int16 samples at `native_rate`."""
+    if speaker.variant not in self.variants:
+      # eSpeak silently ignores an unknown variant, which would merge two "different" speakers.
+      raise ValueError(f"speaker.variant={speaker.variant!r} is not an eSpeak variant in {self.data_path}")
+    status = self.lib.espeak_SetVoiceByName(f"{speaker.voice}+{speaker.variant}".encode())
+    if status != 0:
+      raise ValueError(f"speaker.voice={speaker.voice!r}: eSpeak cannot load it (error {status})")
+    for param, value in ((_PARAM_RATE, speaker.rate), (_PARAM_PITCH, speaker.pitch),
+                         (_PARAM_RANGE, speaker.pitch_range), (_PARAM_VOLUME, 100)):
+      self.lib.espeak_SetParameter(param, int(value), 0)
+    self._chunks = []
+    data = text.encode("utf-8") + b"\0"
+    status = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+    if status != 0:
+      raise RuntimeError(f"espeak_Synth failed (error {status}) for text {text!r}")
+    self.lib.espeak_Synchronize()
+    if not self._chunks:
+      return np.zeros(0, np.int16)
+    return np.concatenate(self._chunks)
+
+
+@functools.cache
+def engine() -> _Engine:
+  return _Engine()
+
+
+def trim_silence(x: np.ndarray, threshold: float = 0.01) -> np.ndarray:
+  """Cuts leading/trailing samples below `threshold` * peak, so an utterance starts where it is placed."""
+  if x.size == 0:
+    return x
+  loud = np.flatnonzero(np.abs(x) > threshold * np.abs(x).max())
+  if loud.size == 0:
+    return x[:0]
+  return x[loud[0]:loud[-1] + 1]
+
+
+def synthesize(speaker: Speaker, text: str, sample_rate: int = 16000) -> np.ndarray:
+  """Speaks `text` -> f32[samples] at `sample_rate`, peak-normalised to 1, silence trimmed."""
+  eng = engine()
+  pcm = eng.synthesize(speaker, text).astype(np.float64) / 32768.0
+  if eng.native_rate != sample_rate:
+    g = gcd(eng.native_rate, sample_rate)
+    pcm = scipy.signal.resample_poly(pcm, sample_rate // g, eng.native_rate // g)
+  pcm = trim_silence(pcm)
+  peak = np.abs(pcm).max() if pcm.size else 0.0
+  if peak == 0:
+    raise RuntimeError(f"eSpeak produced silence for {speaker.name} saying {text!r}")
+  return (pcm / peak).astype(np.float32)
+
+
+def speak_within(rng: np.random.Generator, speaker: Speaker, max_seconds: float, sample_rate: int,
+                 max_tokens: int = 4) -> tuple[np.ndarray, str]:
+  """A random phrase in the speaker's language that lasts at most `max_seconds` -> (f32[samples], text).
+
+  Shorter phrases are tried when one runs long; as a last resort the audio is cut with a 20 ms fade.
+  """
+  limit = int(max_seconds * sample_rate)
+  words = LANGUAGE_BY_CODE[speaker.language].words
+  text, audio = "", np.zeros(0, np.float32)
+  for tokens in range(max_tokens, 0, -1):
+    if tokens >= 2:
+      text = random_phrase(rng, speaker.language, max_tokens=tokens)
+    else:
+      text = words[int(rng.integers(len(words)))]
+    audio = synthesize(speaker, text, sample_rate)
+    if audio.size <= limit:
+      return audio, text
+  audio = audio[:limit].copy()
+  fade = min(limit, int(0.02 * sample_rate))
+  audio[limit - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+  return audio, text
