@@ -12,6 +12,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Sequence
 
@@ -59,7 +60,9 @@ def run_group(members: Sequence[Member], *, cwd: str | None = None, grace_s: flo
   def forward(signum, _frame):
     received.append(signum)
 
-  old_handlers = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+  # Signal handlers can only be set from the main thread; elsewhere the caller handles its own signals.
+  in_main = threading.current_thread() is threading.main_thread()
+  old_handlers = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
   try:
     for i, m in enumerate(members):
       os.makedirs(os.path.dirname(os.path.abspath(m.log_path)), exist_ok=True)

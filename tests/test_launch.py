@@ -464,3 +464,22 @@ def test_summary_means_and_spreads_over_seeds(tmp_path):
   np.testing.assert_allclose(g64["std"]["speaker"], scores[3:5, 1].std(ddof=1))
   table = sweep.format_table(summary)
   assert f"{scores[:3, 0].mean():.3f} ± {scores[:3, 0].std(ddof=1):.3f}" in table
+
+
+def test_group_passes_on_the_launchers_sigterm(tmp_path):
+  """Killing the launcher (SIGTERM, as a scheduler does) stops every process it started."""
+  code = (f"import sys; from launch import procs; "
+          f"m = [procs.Member([sys.executable, '-c', 'import time; time.sleep(60)'], {{}}, "
+          f"r'{tmp_path}/p%d.log' % i) for i in range(2)]; sys.exit(procs.run_group(m, grace_s=5))")
+  launcher = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
+  pids = []
+  for line in launcher.stderr:
+    if "pid" in line:
+      pids.append(int(line.split(" pid ")[1].split()[0]))
+    if len(pids) == 2:
+      break
+  launcher.send_signal(15)
+  assert launcher.wait(timeout=30) == 128 + 15
+  for pid in pids:
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)
