@@ -27,8 +27,8 @@ Per clip (`convert_video`, a pure function that the Beam pipeline reuses):
 Bad input never stops the run: each input is skipped with one of the reasons `unreadable` (missing or
 unreadable path), `corrupt` (not a decodable media file, or decoding failed), `truncated` (decoding stops well
 before the declared duration), `no_audio`, `no_video`, `unsupported_codec` (no decoder for a stream),
-`zero_duration` (nothing inside the requested span), `bad_range` (end before start); logged with path and
-reason and listed in `manifest.json`. `--strict` turns the first skip into an error.
+`zero_duration` (an empty file, or nothing inside the requested span), `bad_range` (end before start);
+logged with path and reason and listed in `manifest.json`. `--strict` turns the first skip into an error.
 
 Resume: inputs are assigned to shards in a fixed order; a shard is written to a temporary name and renamed,
 then a small record of its clips and skips is renamed into `OUTPUT/.ingest/`. Re-running the same command
@@ -116,12 +116,24 @@ def _open(path: str):
   if not os.path.isfile(path) or not os.access(path, os.R_OK):
     return None, Skip(path, "unreadable", "no such file" if not os.path.exists(path) else
                       "not a readable regular file")
+  if os.path.getsize(path) == 0:  # Typically a failed download or copy.
+    return None, Skip(path, "zero_duration", "empty file (0 bytes)")
   try:
     return av.open(path), None
   except (PermissionError, IsADirectoryError, FileNotFoundError) as e:
     return None, Skip(path, "unreadable", str(e))
   except av.FFmpegError as e:
     return None, Skip(path, "corrupt", f"cannot open as media: {e}")
+
+
+def _seek(container, seconds: float) -> None:
+  """Seeks to the keyframe at or before `seconds`, only to save decoding: where seeking fails (streams
+  without an index) decoding simply starts at the beginning, and frames before the span are dropped."""
+  import av
+  try:
+    container.seek(int(seconds * 1e6), backward=True, any_frame=False)
+  except av.FFmpegError:
+    pass
 
 
 def _downmix(frame) -> np.ndarray:
@@ -138,17 +150,16 @@ def _decode_audio(container, stream, start_s, end_s, sample_rate):
   """All audio in [start_s, end_s] as mono f32 at `sample_rate`, and the time (s) of its first sample."""
   import av
   import soxr
-  resampler = None
+  resampler = stream_resampler = None
   chunks, t0 = [], None
-  src_rate = stream.codec_context.sample_rate
-  stream_resampler = None
   if start_s:
-    container.seek(int(start_s * 1e6), backward=True, any_frame=False)
+    _seek(container, start_s)
   for frame in container.decode(stream):
     if frame.time is not None and end_s is not None and frame.time > end_s:
       break
     if resampler is None:
       src_rate = frame.sample_rate
+      # The stream's first rate is kept throughout (swresample follows any mid-stream change);
       # swresample converts any sample format to planar float, keeping the channels; we downmix ourselves.
       resampler = av.AudioResampler(format="fltp", rate=src_rate)
       stream_resampler = soxr.ResampleStream(src_rate, sample_rate, 1, dtype="float32", quality="HQ")
@@ -157,12 +168,12 @@ def _decode_audio(container, stream, start_s, end_s, sample_rate):
     for out in resampler.resample(frame):
       chunks.append(stream_resampler.resample_chunk(_downmix(out)))
   if resampler is None:
-    return np.zeros([0], np.float32), 0.0, src_rate
+    return np.zeros([0], np.float32), 0.0
   for out in resampler.resample(None):
     chunks.append(stream_resampler.resample_chunk(_downmix(out)))
   chunks.append(stream_resampler.resample_chunk(np.zeros([0], np.float32), last=True))
   audio = np.concatenate(chunks).astype(np.float32)
-  return np.clip(audio, -1.0, 1.0), t0, src_rate
+  return np.clip(audio, -1.0, 1.0), t0
 
 
 def _frame_to_jpeg(frame, size, quality):
@@ -194,8 +205,8 @@ def _decode_frames(container, stream, seek_s, min_start, end_s, fps, size, quali
   `clip_start` = max(min_start, time of the first decoded frame). Returns (jpegs, clip_start, video_end)
   where video_end is when the last frame stops being shown; ([], None, None) when no frame decodes.
   """
-  # Always seek: the audio pass has left the demuxer at the end of the file.
-  container.seek(int((seek_s or 0.0) * 1e6), backward=True, any_frame=False)
+  if seek_s:
+    _seek(container, seek_s)
   default_dur = 1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / 25
   jpegs: list[bytes] = []
   prev = prev_jpeg = prev_time = clip_start = None
@@ -255,22 +266,29 @@ def convert_video(path: str, start_s: float | None, end_s: float | None, labels:
     return skip
   try:
     with container:
-      if not container.streams.video:
-        return Skip(path, "no_video", "no video stream")
+      # Cover art (an "attached picture") is a still image, not video.
+      videos = [v for v in container.streams.video
+                if not v.disposition & av.stream.Disposition.attached_pic]
+      if not videos:
+        return Skip(path, "no_video", "no video stream" + (" (only cover art)" if container.streams.video
+                                                            else ""))
       if not container.streams.audio:
         return Skip(path, "no_audio", "no audio stream")
-      vstream, astream = container.streams.video[0], container.streams.audio[0]
+      vstream, astream = videos[0], container.streams.audio[0]
       for s in (vstream, astream):
         if s.codec_context is None:
-          return Skip(path, "unsupported_codec", f"no decoder for the {s.type} stream")
-      vstream.thread_type = "AUTO"
-      audio, audio_t0, _ = _decode_audio(container, astream, start_s, end_s, options.sample_rate)
+          return Skip(path, "unsupported_codec", f"no decoder for the {s.type} stream (#{s.index})")
+      audio, audio_t0 = _decode_audio(container, astream, start_s, end_s, options.sample_rate)
       if audio.size == 0:
         return Skip(path, "zero_duration", "no audio samples in the requested span")
       audio_end = audio_t0 + audio.size / options.sample_rate
       min_start = audio_t0 if start_s is None else max(start_s, audio_t0)
-      jpegs, clip_start, video_end = _decode_frames(container, vstream, start_s, min_start, end_s,
-                                                    options.fps, options.size, options.jpeg_quality)
+      # A second demuxer for the video pass: no rewinding of the first (which some inputs cannot do).
+      with av.open(path) as vcontainer:
+        vs = vcontainer.streams[vstream.index]
+        vs.thread_type = "AUTO"
+        jpegs, clip_start, video_end = _decode_frames(vcontainer, vs, start_s, min_start, end_s,
+                                                      options.fps, options.size, options.jpeg_quality)
       if clip_start is None:
         return Skip(path, "zero_duration", "no video frames in the requested span")
       clip_end = min(audio_end, video_end, end_s if end_s is not None else math.inf)

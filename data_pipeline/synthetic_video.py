@@ -25,12 +25,14 @@ _CODECS = {
 def make_video(path: str, *, seconds: float = 1.0, fps: float = 25.0, width: int = 32, height: int = 24,
                sample_rate: int = 16000, channels: int = 1, audio: bool = True, video: bool = True,
                silent: bool = False, flashes: Sequence[float] = (), clicks: Sequence[float] = (),
-               flash_seconds: float = 0.25, vfr: bool = False, seed: int = 0) -> str:
+               flash_seconds: float = 0.25, vfr: bool = False, rotation: int = 0, halves: bool = False,
+               seed: int = 0) -> str:
   """Writes a video file (container from the extension of `path`) and returns `path`.
 
   `flashes`/`clicks`: times (s) at which a white frame period / a click starts. `vfr`: frame durations
   alternate between 0.5/fps and 1.5/fps (variable frame rate, same mean rate).
-  `channels`: 1, 2 or 6 (5.1).
+  `channels`: 1, 2 or 6 (5.1). `rotation`: display-matrix rotation, degrees counter-clockwise (as phones
+  store portrait video). `halves`: frames are red on the left half and blue on the right (no moving bar).
   """
   ext = path[path.rfind("."):]
   vcodec, acodec = _CODECS[ext]
@@ -44,11 +46,14 @@ def make_video(path: str, *, seconds: float = 1.0, fps: float = 25.0, width: int
       vs.width, vs.height = width, height
       vs.pix_fmt = "yuvj420p" if vcodec == "mjpeg" else "yuv420p"
       vs.time_base = fractions.Fraction(1, 1000) if vfr or ext != ".avi" else fractions.Fraction(1, int(fps))
+      if rotation:
+        vs.set_display_rotation(rotation)
       if vcodec == "libx264":
         vs.options = {"preset": "ultrafast", "bf": "0"}
     if audio:
       as_ = out.add_stream(acodec, rate=sample_rate)
       as_.layout = {1: "mono", 2: "stereo", 6: "5.1"}[channels]
+    out.start_encoding()  # Headers even when no frame follows (seconds=0: a zero-duration file).
     # Video frames.
     if vs is not None:
       t, i = 0.0, 0
@@ -56,6 +61,9 @@ def make_video(path: str, *, seconds: float = 1.0, fps: float = 25.0, width: int
         img = np.full([height, width, 3], 20, np.uint8)
         x = int((t / seconds) * width) % width
         img[:, x:x + max(1, width // 8)] = [200, 60, 60]
+        if halves:
+          img[:, :width // 2] = [255, 0, 0]
+          img[:, width // 2:] = [0, 0, 255]
         if any(f <= t + 1e-9 < f + flash_seconds for f in flashes):
           img[:] = 255
         frame = av.VideoFrame.from_ndarray(img, format="rgb24")

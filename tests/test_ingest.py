@@ -90,6 +90,16 @@ def test_portrait_and_huge_frames_are_centre_cropped(video_dir):
   assert len(clip.frames) == int(np.ceil(clip.duration_s * 10 - 1e-6))
 
 
+def test_rotated_phone_video_is_stored_upright(tmp_path):
+  """Stored 64x32, red left half, display matrix "rotate 90 degrees counter-clockwise": shown as portrait with
+  blue on top and red at the bottom (a phone held upright)."""
+  from data_pipeline.synthetic_video import make_video
+  path = make_video(str(tmp_path / "rot.mp4"), width=64, height=32, rotation=90, halves=True)
+  img = decode(ingest.convert_video(path, None, None, [], ingest.Options(size=16)).frames[0]).astype(float)
+  np.testing.assert_allclose(img[:3].mean(axis=(0, 1)), [0, 0, 255], atol=20)
+  np.testing.assert_allclose(img[-3:].mean(axis=(0, 1)), [255, 0, 0], atol=20)
+
+
 def test_strict_stops_at_first_bad_input(video_dir, tmp_path):
   src, _ = video_dir
   with pytest.raises(ingest.IngestError, match=r"corrupt\.mp4: corrupt"):
@@ -121,13 +131,14 @@ def test_csv_spans_labels_vocabulary_and_unreadable(video_dir, tmp_path):
       f"{src}/good.mp4,0.2,0.7,dog;cat\n"
       f'{src}/stereo48k.mkv,,,"cat"\n'
       "missing/nothing.mp4,,,dog\n"
-      f"{src}/good.mp4,0.8,0.3,dog\n")
+      f"{src}/good.mp4,0.8,0.3,dog\n"
+      f"{src}/good.mp4,5.0,6.0,dog\n")
   vocab = tmp_path / "vocab.csv"
   vocab.write_text("index,mid,display_name\n0,/m/0bt9lr,dog\n1,/m/01yrx,cat\n")
   out = str(tmp_path / "out")
   m = ingest.ingest(str(csv_path), out, labels_csv=str(vocab), workers=1, progress=False)
   assert m["clips"] == 2 and m["num_classes"] == 2
-  assert {s["reason"] for s in m["skipped"]} == {"unreadable", "bad_range"}
+  assert [s["reason"] for s in m["skipped"]] == ["unreadable", "bad_range", "zero_duration"]
   clips = list(schema.read_clips(schema.list_shards(out, "train")))
   span = clips[0]
   assert (span.start_us, span.end_us) == (200_000, 700_000)

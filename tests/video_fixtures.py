@@ -38,6 +38,8 @@ def video_dir(tmp_path_factory):
   with open(os.path.join(d, "corrupt.mp4"), "wb") as f:
     f.write(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000))
   expected["corrupt.mp4"] = "corrupt"
+  open(os.path.join(d, "empty.mp4"), "wb").close()
+  expected["empty.mp4"] = "zero_duration"
   # Matroska writes its header first, so a file cut in half still opens and decodes its first half.
   long = make_video(os.path.join(d, "long.tmp.mkv"), seconds=3.0)
   data = open(long, "rb").read()
