@@ -62,11 +62,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.logmel = ml_collections.ConfigDict()
   c.model.logmel.name = "cnn14"  # Log-mel encoder: "cnn14" (PANNs) or "resnet".
   c.model.logmel.width = 8  # Channels of the first block (CNN14 full size: 64).
-  c.model.logmel.depth = 4  # Conv blocks (CNN14 full size: 6).
+  c.model.logmel.depth = 4  # Conv blocks (CNN14 full size: 6); for "resnet": stages.
+  c.model.logmel.blocks = 2  # Residual blocks per stage ("resnet" only; ignored by cnn14).
   c.model.wave = ml_collections.ConfigDict()
   c.model.wave.name = ""  # Waveform encoder: "res1dnet31" (PANNs) or "" for none.
   c.model.wave.width = 8  # Channels of the first block (Res1dNet31 full size: 64).
-  c.model.wave.depth = 4  # Residual stages (Res1dNet31 full size: 7? see avcl/models/waveform.py).
+  c.model.wave.depth = 4  # Residual stages of 2 blocks (Res1dNet31 full size: 7; avcl/models/res1dnet.py).
   c.model.video = ml_collections.ConfigDict()
   c.model.video.name = "tsm_resnet"  # Video encoder: TSM-ResNet (as in MMV), or "" for audio-only.
   c.model.video.width = 8  # Channels of the stem (ResNet50: 64).
@@ -77,6 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.head_hidden = 256  # Hidden width of the 2-layer MLP head (0: linear head).
   c.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
   c.model.bn_sync = True  # BatchNorm statistics over the global batch (False: per device shard).
+  c.model.remat = False  # Rematerialise encoder blocks in the backward pass (saves memory, ~1.3x compute).
 
   c.loss = ml_collections.ConfigDict()
   c.loss.pairs = ml_collections.ConfigDict()  # Weight of each InfoNCE pair "a_b" (0 disables).

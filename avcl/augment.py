@@ -1,0 +1,244 @@
+"""On-device augmentations: mixing, random gain, SpecAugment, video normalisation.
+
+Every function is pure: `f(key, arrays, ...) -> arrays`, jit-able, written in the global view (the batch
+axis may be sharded over the mesh; XLA inserts the collectives a global-partner gather needs).
+
+Mixing (the paper's second lever) follows what the paper states (each clip is mixed with another clip
+of the batch, the primary clip dominates, the positive pair stays the primary clip's own modalities);
+the exact distribution is ours and lives in `config.augment.mix`:
+- partner: a random derangement of the batch (partner of sample perm[i] is perm[i + 1]), so no sample is
+  its own partner. "global" draws it over the whole global batch; "local" within each contiguous block
+  of batch / num_shards samples, i.e. within each device's shard (no cross-device traffic).
+- weight: the partner's weight w per sample is `max_weight * Beta(alpha, alpha)` ("beta") or
+  `max_weight * Uniform(0, 1)` ("uniform"), max_weight <= 0.5 so the primary sample keeps >= 1 - w.
+- mixed = (1 - w) * x + w * x[partner] for waveforms and frames; for log-mels, log-mixup-exp (BYOL-A):
+  log((1 - w) * exp(x) + w * exp(x[partner])). w = 0 returns x exactly.
+
+`augment_batch` order (one call per train step):
+  1. random gain on the waveform (per sample, uniform in +-gain_db);
+  2. mixing: waveform domain -> mix the waveform (then every audio input carries the mixture);
+  3. log-mel frontend;
+  4. log-mel domain -> log-mixup-exp on the log-mel (the waveform input, if used, is mixed linearly
+     with the same partner and weight, so all audio inputs of a sample hold the same mixture);
+  5. SpecAugment time and frequency masks on the log-mel;
+  video: u8 -> float, normalised by ImageNet mean/std, mixed with the same partner and weight.
+  The optional second log-mel view ("logmel2", for the audio-only pair) repeats 1-5 from the clean
+  waveform with an independent key (its own gain, partner, weight and masks).
+"""
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+# ImageNet statistics (RGB, on [0, 1] pixels): the usual input normalisation of (TSM-)ResNets.
+VIDEO_MEAN = (0.485, 0.456, 0.406)
+VIDEO_STD = (0.229, 0.224, 0.225)
+
+DISTRIBUTIONS = ("beta", "uniform")
+PARTNERS = ("global", "local")
+AUDIO_DOMAINS = ("waveform", "logmel")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Mixing.
+# ----------------------------------------------------------------------------------------------------
+def mix_partners(key: jax.Array, batch_size: int, *, partner: str = "global",
+                 num_shards: int = 1) -> jax.Array:
+  """Partner index of each sample: int32[batch], a random derangement (within shards for "local").
+
+  A random permutation `perm` of the block, then partner[perm[i]] = perm[(i + 1) % n]: a single cycle,
+  so no sample is its own partner when the block has more than one sample.
+  """
+  if partner not in PARTNERS:
+    raise ValueError(f"partner must be one of {PARTNERS}, got {partner!r}")
+  blocks = num_shards if partner == "local" else 1
+  if blocks < 1 or batch_size % blocks:
+    raise ValueError(f"batch_size={batch_size} must be a positive multiple of num_shards={num_shards}")
+  n = batch_size // blocks
+  perm = jnp.argsort(jax.random.uniform(key, (blocks, n)), axis=-1).astype(jnp.int32)  # [blocks, n]
+  nxt = jnp.roll(perm, -1, axis=-1)
+  partners = jnp.zeros((blocks, n), jnp.int32)
+  partners = partners.at[jnp.arange(blocks)[:, None], perm].set(nxt)
+  return (partners + n * jnp.arange(blocks, dtype=jnp.int32)[:, None]).reshape(batch_size)
+
+
+def mix_weights(key: jax.Array, batch_size: int, *, distribution: str = "beta", alpha: float = 1.0,
+                max_weight: float = 0.5) -> jax.Array:
+  """Partner weight of each sample: f32[batch] in [0, max_weight]."""
+  if distribution == "beta":
+    u = jax.random.beta(key, alpha, alpha, (batch_size,))
+  elif distribution == "uniform":
+    u = jax.random.uniform(key, (batch_size,))
+  else:
+    raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+  return (max_weight * u).astype(jnp.float32)
+
+
+def mix_with(x: jax.Array, partner_index: jax.Array, weight: jax.Array, *,
+             domain: str = "linear") -> jax.Array:
+  """Mixes x[i] with x[partner_index[i]] at partner weight weight[i].
+
+  Args:
+    x: [batch, ...] waveforms, frames (linear) or log-mels (domain "log").
+    partner_index: int32[batch]; weight: f32[batch].
+    domain: "linear": (1 - w) x + w x_p; "log": log((1 - w) e^x + w e^x_p) (log-mixup-exp).
+  Returns: [batch, ...] like x; rows with w = 0 are returned unchanged (bit for bit).
+  """
+  partner = jnp.take(x, partner_index, axis=0)
+  w = weight.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+  if domain == "linear":
+    mixed = (1 - w) * x + w * partner
+  elif domain == "log":
+    # logaddexp keeps this finite for very negative log-mels; log(0) = -inf for w = 0 is harmless.
+    mixed = jnp.logaddexp(jnp.log1p(-w) + x, jnp.log(w) + partner)
+  else:
+    raise ValueError(f"domain must be 'linear' or 'log', got {domain!r}")
+  return jnp.where(w == 0, x, mixed)
+
+
+def mix(key: jax.Array, x: jax.Array, *, distribution: str = "beta", alpha: float = 1.0,
+        max_weight: float = 0.5, partner: str = "global", num_shards: int = 1,
+        domain: str = "linear") -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Mixes each sample of x[batch, ...] with a partner; returns (mixed, partner_index, weight)."""
+  k_partner, k_weight = jax.random.split(key)
+  b = x.shape[0]
+  index = mix_partners(k_partner, b, partner=partner, num_shards=num_shards)
+  weight = mix_weights(k_weight, b, distribution=distribution, alpha=alpha, max_weight=max_weight)
+  return mix_with(x, index, weight, domain=domain), index, weight
+
+
+# ----------------------------------------------------------------------------------------------------
+# Gain and SpecAugment.
+# ----------------------------------------------------------------------------------------------------
+def random_gain(key: jax.Array, audio: jax.Array, gain_db: float) -> jax.Array:
+  """Scales each waveform of audio[batch, samples] by a gain uniform in [-gain_db, gain_db] dB.
+
+  No clipping: the pipeline is float end to end and the log-mel only shifts by the gain.
+  """
+  if gain_db == 0:
+    return audio
+  db = jax.random.uniform(key, (audio.shape[0], 1), minval=-gain_db, maxval=gain_db)
+  return audio * (10.0 ** (db / 20.0)).astype(audio.dtype)
+
+
+def _band_mask(key: jax.Array, batch: int, length: int, count: int, max_width: int) -> jax.Array:
+  """bool[batch, length]: union of `count` bands, width uniform in [0, max_width], start uniform."""
+  k_width, k_start = jax.random.split(key)
+  width = jax.random.randint(k_width, (batch, count, 1), 0, min(max_width, length) + 1)
+  start = jnp.floor(jax.random.uniform(k_start, (batch, count, 1)) * (length - width + 1)).astype(jnp.int32)
+  pos = jnp.arange(length)[None, None, :]
+  return jnp.any((pos >= start) & (pos < start + width), axis=1)
+
+
+def spec_augment(key: jax.Array, logmel: jax.Array, *, time_masks: int, time_mask_frames: int,
+                 freq_masks: int, freq_mask_bins: int) -> jax.Array:
+  """SpecAugment time and frequency masks on logmel[batch, frames, mels].
+
+  Masked cells take each example's mean log-mel (not 0: an unnormalised log-mel's 0 is loud, its mean
+  is a neutral level).
+  """
+  b, t, m = logmel.shape
+  k_time, k_freq = jax.random.split(key)
+  masked = jnp.zeros((b, t, m), bool)
+  if time_masks and time_mask_frames:
+    masked |= _band_mask(k_time, b, t, time_masks, time_mask_frames)[:, :, None]
+  if freq_masks and freq_mask_bins:
+    masked |= _band_mask(k_freq, b, m, freq_masks, freq_mask_bins)[:, None, :]
+  fill = jnp.mean(logmel, axis=(1, 2), keepdims=True)
+  return jnp.where(masked, fill, logmel)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Video.
+# ----------------------------------------------------------------------------------------------------
+def normalize_frames(frames: jax.Array) -> jax.Array:
+  """u8[b, t, h, w, 3] -> f32 (pixel / 255 - ImageNet mean) / std, same shape."""
+  x = frames.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(VIDEO_MEAN, jnp.float32)) / jnp.asarray(VIDEO_STD, jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The train step's entry point.
+# ----------------------------------------------------------------------------------------------------
+def validate_config(aug_cfg, prefix: str = "config.augment.") -> None:
+  """Raises ValueError naming the first field of `config.augment` that is out of range."""
+  m = aug_cfg.mix
+  def bad(name, value, allowed):
+    raise ValueError(f"{prefix}{name}={value!r} is out of range: must be {allowed}")
+  if m.partner not in PARTNERS:
+    bad("mix.partner", m.partner, f"one of {PARTNERS}")
+  if m.distribution not in DISTRIBUTIONS:
+    bad("mix.distribution", m.distribution, f"one of {DISTRIBUTIONS}")
+  if not m.alpha > 0:
+    bad("mix.alpha", m.alpha, "> 0")
+  if not 0.0 <= m.max_weight <= 0.5:
+    bad("mix.max_weight", m.max_weight, "in [0, 0.5] (the primary sample must dominate)")
+  if m.audio_domain not in AUDIO_DOMAINS:
+    bad("mix.audio_domain", m.audio_domain, f"one of {AUDIO_DOMAINS}")
+  if not aug_cfg.gain_db >= 0:
+    bad("gain_db", aug_cfg.gain_db, ">= 0")
+  for name in ("time_masks", "time_mask_frames", "freq_masks", "freq_mask_bins"):
+    value = getattr(aug_cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      bad(name, value, "an integer >= 0")
+
+
+def _audio_view(key, audio, aug_cfg, *, num_shards, frontend):
+  """One augmented audio view: (logmel [b, T, M], wave [b, S], partner_index, weight)."""
+  m = aug_cfg.mix
+  k_gain, k_mix, k_spec = jax.random.split(key, 3)
+  b = audio.shape[0]
+  wave = random_gain(k_gain, audio, aug_cfg.gain_db)
+  if m.enabled:
+    k_partner, k_weight = jax.random.split(k_mix)
+    index = mix_partners(k_partner, b, partner=m.partner, num_shards=num_shards)
+    weight = mix_weights(k_weight, b, distribution=m.distribution, alpha=m.alpha,
+                         max_weight=m.max_weight)
+  else:
+    index, weight = jnp.arange(b, dtype=jnp.int32), jnp.zeros((b,), jnp.float32)
+  if m.enabled:
+    wave_mixed = mix_with(wave, index, weight, domain="linear")
+  else:
+    wave_mixed = wave
+  if m.enabled and m.audio_domain == "logmel":
+    logmel = mix_with(frontend(wave), index, weight, domain="log")
+  else:
+    logmel = frontend(wave_mixed)
+  logmel = spec_augment(k_spec, logmel, time_masks=aug_cfg.time_masks,
+                        time_mask_frames=aug_cfg.time_mask_frames, freq_masks=aug_cfg.freq_masks,
+                        freq_mask_bins=aug_cfg.freq_mask_bins)
+  return logmel, wave_mixed, index, weight
+
+
+def augment_batch(key: jax.Array, batch: dict, aug_cfg, *, num_shards: int,
+                  frontend: Callable[[jax.Array], jax.Array], second_view: bool = False) -> dict:
+  """Model inputs from a raw batch (order in the module docstring).
+
+  Args:
+    key: PRNG key for this step (the same on every device: the code is global-view).
+    batch: {"audio": f32[b, samples], "frames": u8[b, t, h, w, 3] (optional)}; other keys are ignored.
+    aug_cfg: `config.augment`.
+    num_shards: devices the batch axis is split over (for `mix.partner = "local"`).
+    frontend: audio f32[b, samples] -> log-mel f32[b, T, M] (`avcl.frontend.from_config(c.audio)`).
+    second_view: also return "logmel2", an independently augmented log-mel view of the same clips.
+
+  Returns:
+    {"logmel": f32[b, T, M], "wave": f32[b, samples], "video": f32[b, t, h, w, 3] (when frames given),
+     "logmel2": f32[b, T, M] (when second_view), "mix_index": int32[b], "mix_weight": f32[b]}.
+  """
+  validate_config(aug_cfg)
+  if "audio" not in batch:
+    raise ValueError(f"batch needs key 'audio' (f32[b, samples]); got keys {sorted(batch)}")
+  audio = batch["audio"].astype(jnp.float32)
+  k_view1, k_view2 = jax.random.split(key)
+  logmel, wave, index, weight = _audio_view(k_view1, audio, aug_cfg, num_shards=num_shards,
+                                            frontend=frontend)
+  out = {"logmel": logmel, "wave": wave, "mix_index": index, "mix_weight": weight}
+  if "frames" in batch:
+    video = normalize_frames(batch["frames"])
+    if aug_cfg.mix.enabled and aug_cfg.mix.video:
+      video = mix_with(video, index, weight, domain="linear")
+    out["video"] = video
+  if second_view:
+    out["logmel2"] = _audio_view(k_view2, audio, aug_cfg, num_shards=num_shards, frontend=frontend)[0]
+  return out

@@ -1,0 +1,161 @@
+r"""Pretrain and/or evaluate: `python -m avcl.main --config configs/default.py --workdir DIR`.
+
+  --mode train | eval | train_and_eval
+  --config.train.num_steps=100 ...            any config field can be overridden on the command line
+
+Multi-process (one process per host, or several on one machine with CPU collectives):
+  --distributed auto   (default) join a cluster when the environment shows one: a Cloud TPU pod slice
+                       (TPU_WORKER_HOSTNAMES with several hosts), SLURM or Open MPI with several tasks, or
+                       when --coordinator_address is given; jax.distributed.initialize() auto-detects the rest
+  --distributed on     always call jax.distributed.initialize (with the flags below when given)
+  --distributed off    single process
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I   explicit cluster (e.g. local tests)
+
+The embedded world is generated at config.data.root on first use (once, under a file lock, when
+config.data.generate_if_missing).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints, TensorBoard events "
+                               "(local or gs://).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "train_and_eval"], "What to run.")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                                 "Whether to call jax.distributed.initialize (see the module docstring).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0's coordinator.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the cluster.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _cluster_in_environment() -> str | None:
+  """Why the environment looks like a multi-process job (None when it does not)."""
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  if len([h for h in hosts.split(",") if h.strip()]) > 1:
+    return "TPU_WORKER_HOSTNAMES lists several hosts (Cloud TPU pod slice)"
+  for var, what in (("SLURM_NTASKS", "SLURM"), ("OMPI_COMM_WORLD_SIZE", "Open MPI")):
+    if int(os.environ.get(var, "1") or 1) > 1:
+      return f"{var}={os.environ[var]} ({what})"
+  return None
+
+
+def initialize_distributed(mode: str, coordinator: str | None, num_processes: int | None,
+                           process_id: int | None) -> bool:
+  """Calls jax.distributed.initialize when `mode` (auto|on|off) and the environment ask for it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  explicit = coordinator is not None
+  if explicit and (num_processes is None or process_id is None):
+    raise app.UsageError("--coordinator_address needs --num_processes and --process_id")
+  if (num_processes is not None or process_id is not None) and not explicit:
+    raise app.UsageError("--num_processes/--process_id need --coordinator_address")
+  if mode == "off":
+    if explicit:
+      raise app.UsageError("--distributed=off contradicts --coordinator_address")
+    return False
+  reason = "explicit --coordinator_address" if explicit else _cluster_in_environment()
+  if mode == "auto" and reason is None:
+    return False
+  logging.info("jax.distributed.initialize (%s)", reason or "--distributed=on")
+  if explicit:
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+  else:
+    jax.distributed.initialize()  # Cloud TPU, SLURM, Open MPI: the cluster is auto-detected.
+  return True
+
+
+def _is_remote(path: str) -> bool:
+  return "://" in path
+
+
+def ensure_world(config) -> None:
+  """Generates the embedded world at config.data.root if it is missing (once across processes)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  root = config.data.root
+  marker = os.path.join(root, "world.json")
+  if _is_remote(root):
+    # Remote data is prepared beforehand (generate locally, copy with gsutil); nothing to lock.
+    return
+  if not os.path.exists(marker):
+    if not config.data.generate_if_missing:
+      raise FileNotFoundError(f"config.data.root={root!r} has no world.json and "
+                              "config.data.generate_if_missing is False")
+    # A file lock serialises the processes of one machine; each host of a pod generates its own
+    # (deterministic, seeded) copy on its local disk.
+    os.makedirs(os.path.dirname(os.path.abspath(root)) or ".", exist_ok=True)
+    with open(os.path.abspath(root) + ".lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      try:
+        if not os.path.exists(marker):
+          cmd = [sys.executable, "-m", "data_pipeline.embedded", "--output", root]
+          if config.data.world_clips:
+            cmd += ["--clips", str(config.data.world_clips)]
+          logging.info("Generating the embedded world: %s", " ".join(cmd))
+          env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # Generation is CPU work; leave GPUs to JAX.
+          subprocess.run(cmd, check=True, env=env)
+      finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("avcl embedded world ready")
+
+
+def run(config, workdir: str, mode: str) -> dict:
+  """Runs `mode` for `config` in `workdir`; returns {"train": ..., "eval": ...} results."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from avcl import config_validation  # pylint: disable=g-import-not-at-top
+
+  # Validate first: a bad override fails here, before data generation or any compile.
+  config_validation.validate_config(config, num_devices=jax.device_count())
+  out = {}
+  if mode in ("train", "train_and_eval"):
+    from avcl import train  # pylint: disable=g-import-not-at-top
+    ensure_world(config)
+    out["train"] = train.train(config, workdir)
+    if out["train"]["status"] == "preempted":
+      return out
+  if mode in ("eval", "train_and_eval"):
+    from avcl import evaluate  # pylint: disable=g-import-not-at-top
+    if mode == "eval":
+      ensure_world(config)
+    out["eval"] = evaluate.evaluate(workdir, config)
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # TensorFlow (tf.data, TensorBoard) must never take an accelerator from JAX.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  import jax  # pylint: disable=g-import-not-at-top
+
+  initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)
+  logging.info("JAX %s: %d processes, %d devices (%d local) on %s", jax.__version__, jax.process_count(),
+               jax.device_count(), jax.local_device_count(), jax.devices()[0].platform)
+  from avcl import checkpoints, config_validation, train  # pylint: disable=g-import-not-at-top
+  try:
+    run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+  except (config_validation.ConfigError, train.NonFiniteLossError, checkpoints.CheckpointError) as e:
+    # Expected failures: a clear message and exit status 1, no traceback.
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,164 @@
+"""AVModel: the audio and video encoders with their projection heads, built from `config.model`.
+
+Inputs and outputs (see docs/design.md, `avcl.models`):
+  inputs keys: `logmel` f32[b, frames, mels], `logmel2` (a second log-mel view through the same encoder
+  and head as `logmel`), `wave` f32[b, samples], `video` f32[b, t, h, w, 3] (normalised frames).
+  __call__ -> {key: f32[b, embed_dim]} projected and L2-normalised; encode -> f32[b, feature_dim].
+"""
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from avcl.models.batch_norm import set_bn_groups
+from avcl.models.cnn14 import Cnn14
+from avcl.models.heads import ProjectionHead, l2_normalize
+from avcl.models.tsm_resnet import TSMResNet
+
+ENCODERS = {"logmel": ("cnn14", "resnet"), "wave": ("res1dnet31",), "video": ("tsm_resnet",)}
+# Input key -> encoder (and head) that embeds it.
+INPUT_ENCODER = {"logmel": "logmel", "logmel2": "logmel", "wave": "wave", "video": "video"}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _positive_int(value, field):
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"config.model.{field} must be an integer >= 1, got {value!r}")
+
+
+def validate_model_config(model_cfg) -> None:
+  """Raises ValueError naming the field and its allowed values for any out-of-range `config.model` field."""
+  for enc, names in ENCODERS.items():
+    name = model_cfg[enc].name
+    if name not in names + ("",):
+      raise ValueError(f"config.model.{enc}.name must be one of {names + ('',)}, got {name!r}")
+    if not name:
+      continue
+    _positive_int(model_cfg[enc].width, f"{enc}.width")
+    if enc == "video":
+      blocks = tuple(model_cfg.video.blocks)
+      if not blocks or any(not isinstance(n, (int, np.integer)) or n < 1 for n in blocks):
+        raise ValueError(f"config.model.video.blocks must be a non-empty tuple of integers >= 1, "
+                         f"got {model_cfg.video.blocks!r}")
+      f = model_cfg.video.shift_fraction
+      if not 0.0 <= f <= 0.5:
+        raise ValueError(f"config.model.video.shift_fraction must be in [0, 0.5], got {f!r}")
+    else:
+      _positive_int(model_cfg[enc].depth, f"{enc}.depth")
+  if model_cfg.logmel.name == "cnn14" and model_cfg.logmel.depth > 8:
+    raise ValueError(f"config.model.logmel.depth must be in [1, 8] for cnn14, got {model_cfg.logmel.depth}")
+  if not any(model_cfg[enc].name for enc in ENCODERS):
+    raise ValueError("config.model: at least one of logmel.name, wave.name, video.name must be set")
+  _positive_int(model_cfg.embed_dim, "embed_dim")
+  if not isinstance(model_cfg.head_hidden, (int, np.integer)) or model_cfg.head_hidden < 0:
+    raise ValueError(f"config.model.head_hidden must be an integer >= 0, got {model_cfg.head_hidden!r}")
+  if model_cfg.dtype not in DTYPES:
+    raise ValueError(f"config.model.dtype must be one of {tuple(DTYPES)}, got {model_cfg.dtype!r}")
+
+
+def _build_encoder(enc: str, cfg, audio_cfg, *, dtype, bn_groups, remat, rngs) -> nnx.Module:
+  common = dict(dtype=dtype, bn_groups=bn_groups, remat=remat, rngs=rngs)
+  if cfg.name == "cnn14":
+    return Cnn14(n_mels=audio_cfg.n_mels, width=cfg.width, depth=cfg.depth, **common)
+  if cfg.name == "tsm_resnet":
+    return TSMResNet(width=cfg.width, blocks=tuple(cfg.blocks), bottleneck=cfg.bottleneck,
+                     shift_fraction=cfg.shift_fraction, **common)
+  raise ValueError(f"config.model.{enc}.name {cfg.name!r} is not available")
+
+
+class AVModel(nnx.Module):
+  """Encoders (`encoders[name]`) and projection heads (`heads[name]`) for name in logmel/wave/video."""
+
+  def __init__(self, encoders: dict[str, nnx.Module], heads: dict[str, nnx.Module]):
+    self.encoders = nnx.Dict(encoders)
+    self.heads = nnx.Dict(heads)
+
+  def _encoder_for(self, key: str) -> str:
+    if key not in INPUT_ENCODER:
+      raise ValueError(f"unknown model input {key!r}; expected keys among {tuple(INPUT_ENCODER)}")
+    enc = INPUT_ENCODER[key]
+    if enc not in self.encoders:
+      raise ValueError(f"input {key!r} was given but the model has no {enc} encoder "
+                       f"(config.model.{enc}.name is empty); encoders present: {tuple(self.encoders)}")
+    return enc
+
+  def encode(self, name: str, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """Pooled encoder features before the head: x -> f32[batch, feature_dim]."""
+    enc = self._encoder_for(name)
+    return self.encoders[enc](x, train=train).astype(jnp.float32)
+
+  def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> dict[str, jax.Array]:
+    """{key: input} -> {key: f32[batch, embed_dim]} projected, L2-normalised embeddings."""
+    out = {}
+    for key, x in inputs.items():
+      enc = self._encoder_for(key)
+      out[key] = l2_normalize(self.heads[enc](self.encode(key, x, train=train), train=train))
+    return out
+
+  @property
+  def feature_dims(self) -> dict[str, int]:
+    return {enc: m.feature_dim for enc, m in self.encoders.items()}
+
+  @property
+  def audio_feature_dim(self) -> int:
+    """Feature dim of the audio encoder used downstream: log-mel when present, else waveform."""
+    for enc in ("logmel", "wave"):
+      if enc in self.encoders:
+        return self.encoders[enc].feature_dim
+    raise ValueError("the model has no audio encoder (config.model.logmel.name and wave.name are empty)")
+
+
+def build_model(model_cfg, audio_cfg, *, rngs: nnx.Rngs, bn_groups: int = 1) -> AVModel:
+  """Builds the AVModel of `config.model` (encoders whose name is empty are absent).
+
+  bn_groups: the number of devices over which the batch axis is sharded (the trainer passes
+  `mesh.size`). Used only when `model_cfg.bn_sync` is False: BatchNorm then takes statistics per device
+  shard (see batch_norm.py); with bn_sync (the default) statistics are over the whole global batch.
+  """
+  validate_model_config(model_cfg)
+  _positive_int(bn_groups, "bn_groups (build_model argument)")
+  groups = 1 if model_cfg.bn_sync else int(bn_groups)
+  dtype = DTYPES[model_cfg.dtype]
+  remat = bool(model_cfg.get("remat", False))
+  encoders, heads = {}, {}
+  for enc in ENCODERS:
+    if not model_cfg[enc].name:
+      continue
+    encoders[enc] = _build_encoder(enc, model_cfg[enc], audio_cfg, dtype=dtype, bn_groups=groups,
+                                   remat=remat, rngs=rngs)
+    heads[enc] = ProjectionHead(encoders[enc].feature_dim, model_cfg.embed_dim,
+                                hidden=model_cfg.head_hidden, bn_groups=groups, rngs=rngs)
+  return AVModel(encoders, heads)
+
+
+def count_params(module: Any) -> int:
+  """Number of parameter scalars (nnx.Param leaves; works on `nnx.eval_shape` abstract modules)."""
+  leaves = jax.tree.leaves(nnx.state(module, nnx.Param))
+  return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in leaves))
+
+
+def param_counts(model: AVModel) -> dict[str, int]:
+  """{"<enc>_encoder": n, "<enc>_head": n for each encoder present, "total": n}."""
+  counts = {}
+  for enc in model.encoders:
+    counts[f"{enc}_encoder"] = count_params(model.encoders[enc])
+    counts[f"{enc}_head"] = count_params(model.heads[enc])
+  counts["total"] = count_params(model)
+  return counts
+
+
+def model_summary(model: AVModel) -> str:
+  """A table of parameter counts per encoder and head, with feature dims."""
+  rows = [("part", "params", "feature_dim")]
+  for enc, m in model.encoders.items():
+    rows.append((f"{enc} encoder ({type(m).__name__})", f"{count_params(m):,}", str(m.feature_dim)))
+    rows.append((f"{enc} head", f"{count_params(model.heads[enc]):,}", ""))
+  rows.append(("total", f"{count_params(model):,}", ""))
+  w = [max(len(r[i]) for r in rows) for i in range(3)]
+  return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}".rstrip() for r in rows)
+
+
+__all__ = ["AVModel", "build_model", "count_params", "param_counts", "model_summary",
+           "validate_model_config", "set_bn_groups"]

@@ -1,0 +1,430 @@
+"""The training loop: mesh, model, optimizer, restore-or-init, one jitted step, checkpoints, metrics.
+
+Train state (a plain pytree, exactly what a checkpoint holds):
+  {"model": nnx state of the AVModel as a pure dict (parameters and BatchNorm statistics),
+   "opt_state": optax state over the trainable parameters,
+   "step": int32[] optimizer steps taken,
+   "log_inv_temperature": f32[] (only when config.loss.learn_temperature)}
+All of it is replicated over the mesh; the batch is sharded over the mesh axis "data". The step is
+written in the global view (jnp on the whole batch); XLA partitions it, and the contrastive loss runs its
+own shard_map that all-gathers the embeddings over "data".
+
+Randomness: `jax.random.key(config.seed)` splits into an init key (parameters) and a train key; step s
+uses `fold_in(train_key, s)` for its augmentations. Keys never depend on the mesh or the process count,
+so the same global batch gives the same step on 1 or 8 devices, 1 or 2 processes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+from absl import logging
+from etils import epath
+from flax import nnx
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from avcl import augment as augment_lib
+from avcl import checkpoints
+from avcl import config_validation
+from avcl import frontend as frontend_lib
+from avcl import models
+from avcl import optim
+from avcl import sharding
+
+# Minimum temperature when it is learned (CLIP's 1/100 clamp): below it the logits overflow.
+MIN_TEMPERATURE = 0.01
+
+
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss (or gradient norm) became NaN or Inf; the message names the step."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model and state.
+# ---------------------------------------------------------------------------------------------------------
+def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(init key, train key) from the one seed."""
+  init_key, train_key = jax.random.split(jax.random.key(seed))
+  return init_key, train_key
+
+
+def _build(config: ml_collections.ConfigDict, bn_groups: int) -> models.AVModel:
+  init_key, _ = _keys(config.seed)
+  return models.build_model(config.model, config.audio, rngs=nnx.Rngs(init_key), bn_groups=bn_groups)
+
+
+def abstract_model(config: ml_collections.ConfigDict, bn_groups: int = 1) -> tuple[nnx.GraphDef, dict]:
+  """(graphdef, pure dict of jax.ShapeDtypeStruct) of the config's AVModel, without computing anything."""
+  model = nnx.eval_shape(lambda: _build(config, bn_groups))
+  graphdef, state = nnx.split(model)
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def _pairs(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """The enabled InfoNCE pairs {"a_b": weight > 0}."""
+  return {k: float(v) for k, v in config.loss.pairs.items() if v > 0}
+
+
+def _model_inputs_needed(config: ml_collections.ConfigDict) -> set[str]:
+  return {name for pair in _pairs(config) for name in pair.split("_")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """Everything the loop needs that is fixed for a run: mesh, model graph, optimizer, jitted functions."""
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  graphdef: nnx.GraphDef  # of the whole AVModel (one state: parameters and statistics)
+  tx: optax.GradientTransformation
+  schedule: Callable[[Any], Any]
+  state_sharding: Any  # pytree of NamedSharding matching the train state (all replicated)
+  abstract_state: Any  # pytree of ShapeDtypeStruct with shardings (restore target)
+  init: Callable[[], dict]  # jitted: () -> train state
+  step: Callable[[dict, dict], tuple[dict, dict]]  # jitted, state donated: (state, batch) -> (state, metrics)
+
+
+def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer:
+  """Builds the model graph, optimizer and the jitted init and train-step functions for `mesh`."""
+  bn_groups = mesh.devices.size
+  model = nnx.eval_shape(lambda: _build(config, bn_groups))
+  graphdef, _ = nnx.split(model)
+  tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+  replicated = sharding.replicated(mesh)
+  learn_t = bool(config.loss.learn_temperature)
+
+  def init_fn() -> dict:
+    m = _build(config, bn_groups)
+    trainable = {"model": nnx.to_pure_dict(nnx.state(m, nnx.Param))}
+    state = {"model": nnx.to_pure_dict(nnx.state(m)), "step": jnp.zeros((), jnp.int32)}
+    if learn_t:
+      trainable["log_inv_temperature"] = jnp.asarray(-math.log(config.loss.temperature), jnp.float32)
+      state["log_inv_temperature"] = trainable["log_inv_temperature"]
+    state["opt_state"] = tx.init(trainable)
+    return state
+
+  abstract = jax.eval_shape(init_fn)
+  state_sharding = jax.tree.map(lambda _: replicated, abstract)
+  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                abstract, state_sharding)
+  # Initialisation runs once and is mostly threefry bit-twiddling, which LLVM optimises for ages: compiling
+  # it unoptimised takes seconds instead of half a minute on a 2-core CPU (values differ from an optimised
+  # compile by float32 rounding, ~2e-7, and are the same on every process and mesh).
+  init = jax.jit(init_fn, out_shardings=state_sharding,
+                 compiler_options=_FAST_COMPILE if jax.default_backend() == "cpu" else None)
+  step_fn = make_step_fn(config, graphdef, tx, schedule, mesh)
+  step = jax.jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  return Trainer(config=config, mesh=mesh, graphdef=graphdef, tx=tx, schedule=schedule,
+                 state_sharding=state_sharding, abstract_state=abstract_state, init=init, step=step)
+
+
+def _split_parts(model: nnx.Module) -> tuple[nnx.GraphDef, dict, dict]:
+  """(graphdef, parameters, everything else e.g. BatchNorm statistics), both as pure dicts."""
+  split_def, params, rest = nnx.split(model, nnx.Param, ...)
+  return split_def, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+
+def make_loss_fn(config: ml_collections.ConfigDict, split_def: nnx.GraphDef, mesh: jax.sharding.Mesh
+                 ) -> Callable[..., tuple[jax.Array, tuple[dict, dict]]]:
+  """loss_fn(trainable, rest, batch, key) -> (loss, (metrics, new_rest)).
+
+  trainable: {"model": parameter pure dict, "log_inv_temperature": f32[] (when learned)}; rest: the
+  model's other state (BatchNorm statistics) as a pure dict; split_def: graphdef of
+  `nnx.split(model, nnx.Param, ...)`; batch: {"audio": f32[b, samples], "frames": u8[b, t, h, w, 3]};
+  new_rest: `rest` after the forward pass (updated BatchNorm statistics).
+  """
+  from avcl import losses  # pylint: disable=g-import-not-at-top  (its own branch; imported when used)
+
+  frontend = frontend_lib.from_config(config.audio)
+  pairs = _pairs(config)
+  needed = _model_inputs_needed(config)
+  num_shards = mesh.devices.size
+
+  def loss_fn(trainable, rest, batch, key):
+    model = nnx.merge(split_def, trainable["model"], rest)
+    views = augment_lib.augment_batch(key, batch, config.augment, num_shards=num_shards, frontend=frontend,
+                                      second_view="logmel2" in needed)
+    embeddings = model({k: views[k] for k in sorted(needed)}, train=True)
+    if "log_inv_temperature" in trainable:
+      temperature = jnp.maximum(jnp.exp(-trainable["log_inv_temperature"]), MIN_TEMPERATURE)
+    else:
+      temperature = config.loss.temperature
+    loss, metrics = losses.contrastive_loss(embeddings, pairs, temperature, mesh=mesh, axis=sharding.DATA_AXIS,
+                                            impl=config.loss.impl, tile_size=config.loss.tile_size)
+    metrics = dict(metrics)
+    metrics["temperature"] = jnp.asarray(temperature, jnp.float32)
+    metrics["mix_weight"] = jnp.mean(views["mix_weight"])
+    return loss, (metrics, _split_parts(model)[2])
+
+  return loss_fn
+
+
+def make_step_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                 schedule: Callable[[Any], Any], mesh: jax.sharding.Mesh, *, return_grads: bool = False
+                 ) -> Callable[..., tuple]:
+  """(state, batch) -> (new state, metrics) [, grads]: frontend, augment, model, loss, optax update.
+
+  graphdef: of the whole model (`nnx.split(model)`), matching state["model"].
+  batch: global arrays {"audio": f32[b, samples], "frames": u8[b, t, h, w, 3]}.
+  metrics: f32[] scalars: "loss", the contrastive loss's terms and top-1 accuracies, "learning_rate",
+  "grad_norm", "temperature", "mix_weight".
+  """
+  _, train_key = _keys(config.seed)
+  split_def = nnx.split(nnx.eval_shape(lambda: _build(config, mesh.devices.size)), nnx.Param, ...)[0]
+  loss_fn = make_loss_fn(config, split_def, mesh)
+
+  def step_fn(state: dict, batch: dict):
+    _, params, rest = _split_parts(nnx.merge(graphdef, state["model"]))
+    trainable = {"model": params}
+    if "log_inv_temperature" in state:
+      trainable["log_inv_temperature"] = state["log_inv_temperature"]
+    key = jax.random.fold_in(train_key, state["step"])
+    (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, rest, batch, key)
+    updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    model = nnx.merge(split_def, trainable["model"], rest)
+    new_state = {"model": nnx.to_pure_dict(nnx.state(model)), "opt_state": opt_state,
+                 "step": state["step"] + 1}
+    if "log_inv_temperature" in trainable:
+      new_state["log_inv_temperature"] = trainable["log_inv_temperature"]
+    metrics = dict(metrics, loss=loss, learning_rate=schedule(state["step"]),
+                   grad_norm=optax.global_norm(grads))
+    if return_grads:
+      return new_state, metrics, grads
+    return new_state, metrics
+
+  return step_fn
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Input.
+# ---------------------------------------------------------------------------------------------------------
+def batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Batch entries the step reads: audio always, frames only when a pair uses the video."""
+  return ("audio", "frames") if "video" in _model_inputs_needed(config) else ("audio",)
+
+
+def make_train_batches(config: ml_collections.ConfigDict, local_batch_size: int, *, start_step: int
+                       ) -> Iterator[dict[str, np.ndarray]]:
+  """This process's slice of every global batch, as numpy: {"audio": f32[b, samples], "frames": u8[...]}.
+
+  Reads WORKDIR-independent data at config.data.root/pretrain. tf.data shuffles with a seed that depends
+  on the process and on `start_step`, so a resumed run does not replay the batches it already saw.
+  """
+  from data_pipeline import input as input_lib  # pylint: disable=g-import-not-at-top
+  from data_pipeline import schema  # pylint: disable=g-import-not-at-top
+
+  files = schema.list_shards(os.path.join(config.data.root, "pretrain"), "train")
+  ds = input_lib.make_dataset(
+      files, batch_size=local_batch_size, train=True, clip_seconds=config.data.clip_seconds,
+      sample_rate=config.audio.sample_rate, fps=config.data.fps, frame_size=config.data.frame_size,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      seed=config.seed * 1_000_003 + start_step, shuffle_buffer=config.data.shuffle_buffer,
+      video_random_crop=config.data.video_random_crop, video_flip=config.data.video_flip)
+  keys = batch_keys(config)
+  for batch in ds.as_numpy_iterator():
+    yield {k: batch[k] for k in keys}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metrics and preemption.
+# ---------------------------------------------------------------------------------------------------------
+class MetricWriter:
+  """TensorBoard scalars in WORKDIR and a console line, from process 0 only."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self.enabled = enabled
+    self._writer = None
+    if enabled:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.config.set_visible_devices([], "GPU")  # TF must never take an accelerator from JAX.
+      self._tf = tf
+      self._writer = tf.summary.create_file_writer(os.fspath(workdir))
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    with self._writer.as_default():
+      for name, value in scalars.items():
+        self._tf.summary.scalar(name, value, step=step)
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+class PreemptionWatcher:
+  """Did this run get SIGTERM (how TPU/VM preemption arrives)?
+
+  One process: a Python handler sets a flag that the loop reads between steps. Several processes: JAX's
+  preemption sync service (started by jax.distributed.initialize) catches SIGTERM on any process and
+  agrees on a step at which all processes save together; `should_stop(step)` must then be called on every
+  process at every step.
+  """
+
+  def __init__(self):
+    self._flag = threading.Event()
+    self._multi = jax.process_count() > 1
+    self._previous = None
+    if not self._multi and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._flag.set()
+
+  def should_stop(self, step: int) -> bool:
+    if self._multi:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._flag.is_set()
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(step: int, metrics: dict[str, float], last_saved: int | None) -> None:
+  bad = {k: v for k, v in metrics.items() if k in ("loss", "grad_norm") and not math.isfinite(v)}
+  if bad:
+    what = ", ".join(f"{k}={v}" for k, v in bad.items())
+    kept = (f"the last good checkpoint is step {last_saved}" if last_saved is not None
+            else "no checkpoint was saved")
+    raise NonFiniteLossError(f"non-finite {what} at step {step}: stopping; {kept} (nothing later is saved)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------------------------------------
+def train(config: ml_collections.ConfigDict, workdir: str,
+          batches: Iterable[dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming from its newest checkpoint) until train.num_steps.
+
+  batches: this process's slices of the global batches (default: tf.data over config.data.root); tests
+  pass their own. Returns {"step": last step, "status": "done"|"preempted", "metrics": last logged means,
+  "history": [(step, metrics)] of every log line (process 0)}.
+  Raises NonFiniteLossError (naming the step) when the loss or gradient norm is NaN or Inf.
+  """
+  mesh = sharding.make_mesh()
+  config_validation.validate_config(config, num_devices=mesh.devices.size)
+  local_bs = sharding.local_batch_size(config.train.global_batch_size, mesh)
+  is_main = jax.process_index() == 0
+  workdir = epath.Path(workdir)
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints.write_config(workdir, config)
+
+  trainer = make_trainer(config, mesh)
+  manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints)
+  start = checkpoints.agreed_latest_step(manager)
+  if start is None:
+    state = trainer.init()
+    start = 0
+    logging.info("Initialised a new run in %s", workdir)
+  else:
+    state = checkpoints.restore(manager, start, trainer.abstract_state)
+    logging.info("Resumed %s from checkpoint step %d", workdir, start)
+  last_saved = start if start > 0 else None
+
+  num_steps = config.train.num_steps
+  if batches is None:
+    batches = make_train_batches(config, local_bs, start_step=start)
+  batches = iter(batches)
+  writer = MetricWriter(workdir, enabled=is_main)
+  watcher = PreemptionWatcher()
+  log_every, ckpt_every = config.train.log_every, config.train.checkpoint_every
+  chance = math.log(config.train.global_batch_size)
+  if is_main:
+    logging.info("mesh %s over %d devices, %d processes; global batch %d (%d per process); "
+                 "chance-level loss log(batch) = %.3f", dict(mesh.shape), mesh.devices.size,
+                 jax.process_count(), config.train.global_batch_size, local_bs, chance)
+
+  history: list[tuple[int, dict[str, float]]] = []
+  window: list[dict[str, float]] = []  # metrics of the steps since the last log line
+  pending: list[tuple[int, Any]] = []  # (step, device metrics) dispatched but not yet checked
+  status, step = "done", start
+  t_log, steps_timed, compiled = None, 0, False
+
+  def drain(keep: int) -> None:
+    """Fetches and checks the metrics of all but the `keep` newest dispatched steps."""
+    while len(pending) > keep:
+      s, m = pending.pop(0)
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      _check_finite(s, m, last_saved)
+      window.append(m)
+
+  def save(s: int) -> None:
+    nonlocal last_saved
+    drain(0)  # Every step up to s is verified finite before its state is written.
+    checkpoints.save(manager, s, state)
+    last_saved = s
+
+  try:
+    with jax.transfer_guard("disallow"):
+      while step < num_steps:
+        local = next(batches)
+        batch = sharding.global_batch_from_local(local, mesh)
+        state, metrics = trainer.step(state, batch)
+        step += 1
+        pending.append((step, metrics))
+        # One step stays in flight: the host prepares step s+1 while the device runs step s.
+        drain(1)
+        if not compiled:
+          drain(0)
+          compiled, t_log = True, time.perf_counter()  # Timing starts after the first (compiling) step.
+        else:
+          steps_timed += 1
+
+        if step % log_every == 0 or step == num_steps:
+          drain(0)
+          now = time.perf_counter()
+          means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+          if steps_timed:
+            step_time = (now - t_log) / steps_timed
+            means.update(step_time_s=step_time, clips_per_s=config.train.global_batch_size / step_time)
+          t_log, steps_timed, window = now, 0, []
+          history.append((step, means))
+          writer.write(step, means)
+          if is_main:
+            logging.info("%s", _progress_line(step, num_steps, means, chance))
+
+        preempted = watcher.should_stop(step)
+        if step % ckpt_every == 0 or step == num_steps or preempted:
+          save(step)
+        if preempted:
+          status = "preempted"
+          if is_main:
+            logging.warning("SIGTERM: saved checkpoint step %d, stopping", step)
+          break
+      drain(0)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    watcher.restore()
+  return {"step": step, "status": status, "metrics": history[-1][1] if history else {}, "history": history}
+
+
+def _progress_line(step: int, num_steps: int, m: dict[str, float], chance: float) -> str:
+  parts = [f"step {step}/{num_steps}", f"loss {m['loss']:.4f} (chance {chance:.3f})"]
+  for k in sorted(m):
+    if k.startswith("top1"):
+      parts.append(f"{k} {m[k]:.3f}")
+  parts.append(f"lr {m['learning_rate']:.2e}")
+  if "clips_per_s" in m:
+    parts.append(f"{m['clips_per_s']:.1f} clips/s, {1e3 * m['step_time_s']:.0f} ms/step")
+  return " | ".join(parts)

@@ -1,0 +1,101 @@
+r"""Peak device memory and time of the contrastive loss, forward + backward: plain vs tiled vs ring.
+
+    python -m benchmarks.contrastive_memory [--batches 1024,4096,65536] [--no-time] [--devices 8]
+
+Memory comes from XLA's buffer assignment of the compiled per-device program
+(`jit(...).lower(...).compile().memory_analysis()`: arguments + outputs + temporaries - aliased), so
+it needs no allocation and works at any batch; time is the median of a few runs of the compiled step
+on the simulated CPU devices (all of them share this machine's cores, so times are relative figures:
+compare impls within one run). The step computes the loss of one pair ("logmel_video") and its
+gradients with respect to both embeddings and the temperature.
+"""
+import argparse
+import os
+import sys
+
+_DEVICES = 8
+for _i, _a in enumerate(sys.argv):  # The device count must be fixed before JAX is imported.
+  if _a.startswith("--devices="):
+    _DEVICES = int(_a.split("=", 1)[1])
+  elif _a == "--devices" and _i + 1 < len(sys.argv):
+    _DEVICES = int(sys.argv[_i + 1])
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           f" --xla_force_host_platform_device_count={_DEVICES}")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from avcl import losses  # noqa: E402
+
+
+def _step(mesh, impl, tile):
+  def loss(za, zb, t):
+    return losses.contrastive_loss({"logmel": za, "video": zb}, {"logmel_video": 1.0}, t, mesh=mesh,
+                                   impl=impl, tile_size=tile)[0]
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+
+
+def _peak_bytes(compiled):
+  m = compiled.memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--batches", default="1024,2048,4096,8192,16384,32768,65536",
+                      help="comma-separated global batch sizes")
+  parser.add_argument("--dim", type=int, default=512, help="embedding dimension")
+  parser.add_argument("--devices", type=int, default=_DEVICES, help="simulated CPU devices")
+  parser.add_argument("--tile", type=int, default=1024, help="tile size for tiled/ring")
+  parser.add_argument("--impls", default="plain,tiled,ring")
+  parser.add_argument("--no-time", action="store_true", help="memory only (compile, do not run)")
+  parser.add_argument("--time-max-batch", type=int, default=8192,
+                      help="time only batches up to this size (larger ones: memory only)")
+  parser.add_argument("--repeats", type=int, default=3)
+  args = parser.parse_args(argv)
+
+  n = len(jax.devices())
+  mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  impls = args.impls.split(",")
+  print(f"{n} devices ({jax.devices()[0].platform}), dim {args.dim}, tile {args.tile}, float32; "
+        "peak = per-device arguments + outputs + temporaries (XLA memory_analysis)")
+  header = f"{'batch':>7} {'impl':>6} {'peak MiB':>10} {'vs plain':>9} {'time s':>8} {'vs plain':>9}"
+  print(header)
+  print("-" * len(header))
+  spec = NamedSharding(mesh, P("data"))
+  for b in [int(x) for x in args.batches.split(",")]:
+    shape = jax.ShapeDtypeStruct((b, args.dim), jnp.float32, sharding=spec)
+    temp = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
+    results = {}
+    for impl in impls:
+      compiled = _step(mesh, impl, args.tile).lower(shape, shape, temp).compile()
+      peak = _peak_bytes(compiled)
+      seconds = float("nan")
+      if not args.no_time and b <= args.time_max_batch:
+        rng = np.random.default_rng(0)
+        z = rng.normal(size=(2, b, args.dim)).astype(np.float32)
+        z /= np.linalg.norm(z, axis=-1, keepdims=True)
+        za, zb = (jax.device_put(x, spec) for x in z)
+        t = jax.device_put(jnp.float32(0.1), NamedSharding(mesh, P()))
+        jax.block_until_ready(compiled(za, zb, t))
+        runs = []
+        for _ in range(args.repeats):
+          start = time.perf_counter()
+          jax.block_until_ready(compiled(za, zb, t))
+          runs.append(time.perf_counter() - start)
+        seconds = float(np.median(runs))
+        del za, zb
+      results[impl] = (peak, seconds)
+      ref_peak, ref_s = results.get("plain", (peak, seconds))
+      print(f"{b:>7} {impl:>6} {peak / 2**20:>10.1f} {peak / ref_peak:>9.3f} {seconds:>8.3f} "
+            f"{seconds / ref_s:>9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+  main()

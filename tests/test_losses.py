@@ -1,0 +1,159 @@
+"""avcl.losses: InfoNCE vs numpy float64, gradients, plain == tiled == ring, 1 device == 8 devices."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.test_util import check_grads
+
+from avcl import losses
+
+
+def _emb(b, d, seed=0, corr=2.0):
+  """Three L2-normalised embeddings [b, d] with correlated positives (so top-1 is neither 0 nor 1)."""
+  rng = np.random.default_rng(seed)
+  base = rng.normal(size=(b, d))
+  out = {}
+  for k in ("logmel", "video", "wave"):
+    x = corr * base + rng.normal(size=(b, d))
+    out[k] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+  return out
+
+
+def _numpy_info_nce(za, zb, t):
+  """Float64 InfoNCE straight from the definition, loops over rows."""
+  za, zb = np.asarray(za, np.float64), np.asarray(zb, np.float64)
+  s = za @ zb.T / t
+  b = len(s)
+  loss, correct = 0.0, 0
+  for i in range(b):
+    row, col = s[i], s[:, i]
+    loss += np.log(np.sum(np.exp(row - row.max()))) + row.max() - s[i, i]
+    loss += np.log(np.sum(np.exp(col - col.max()))) + col.max() - s[i, i]
+    correct += int(np.argmax(row) == i) + int(np.argmax(col) == i)
+  return loss / (2 * b), correct / (2 * b)
+
+
+def _mesh(n):
+  return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:n])
+
+
+def test_info_nce_matches_numpy():
+  e = _emb(48, 16)
+  for t in (0.07, 0.1, 1.0):
+    loss, top1 = losses.info_nce(e["logmel"], e["video"], t)
+    ref_loss, ref_top1 = _numpy_info_nce(e["logmel"], e["video"], t)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    assert 0 < ref_top1 < 1 and float(top1) == pytest.approx(ref_top1)
+
+
+def test_info_nce_grads_float64():
+  e = _emb(12, 6, seed=1)
+  with jax.enable_x64(True):
+    za, zb = jnp.asarray(e["logmel"], jnp.float64), jnp.asarray(e["video"], jnp.float64)
+    t = jnp.asarray(0.2, jnp.float64)
+    assert (za @ zb.T).dtype == jnp.float64
+    check_grads(lambda a, b, t: losses.info_nce(a, b, t)[0], (za, zb, t), order=1, modes=("rev",),
+                eps=1e-4, atol=1e-5, rtol=1e-5)
+    fn = lambda a, b, t: losses.contrastive_loss({"logmel": a, "video": b}, {"logmel_video": 1.0}, t,
+                                                 impl="tiled", tile_size=5)[0]
+    check_grads(fn, (za, zb, t), order=1, modes=("rev",), eps=1e-4, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", losses.IMPLS)
+def test_contrastive_loss_single_device_matches_numpy(impl):
+  e = _emb(40, 8, seed=2)
+  pairs = {"logmel_video": 1.0, "wave_video": 0.5, "logmel_wave": 0.0}
+  total, metrics = losses.contrastive_loss(e, pairs, 0.1, impl=impl, tile_size=16)
+  assert set(metrics) == {"loss/logmel_video", "top1/logmel_video", "loss/wave_video", "top1/wave_video"}
+  ref_lv, top_lv = _numpy_info_nce(e["logmel"], e["video"], 0.1)
+  ref_wv, top_wv = _numpy_info_nce(e["wave"], e["video"], 0.1)
+  np.testing.assert_allclose(metrics["loss/logmel_video"], ref_lv, rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss/wave_video"], ref_wv, rtol=1e-5)
+  np.testing.assert_allclose(total, ref_lv + 0.5 * ref_wv, rtol=1e-5)
+  assert float(metrics["top1/logmel_video"]) == pytest.approx(top_lv)
+  assert float(metrics["top1/wave_video"]) == pytest.approx(top_wv)
+
+
+def _loss_and_grads(e, impl, mesh, tile, temperature=0.1, pairs=None):
+  pairs = pairs or {"logmel_video": 1.0, "logmel_wave": 0.3}
+
+  @jax.jit
+  def f(e, t):
+    return losses.contrastive_loss(e, pairs, t, mesh=mesh, impl=impl, tile_size=tile)
+
+  if mesh is not None:
+    e = jax.device_put(e, NamedSharding(mesh, P("data")))
+  (total, metrics), grads = jax.value_and_grad(lambda e, t: f(e, t), argnums=(0, 1), has_aux=True)(
+      e, jnp.float32(temperature))
+  return total, metrics, grads
+
+
+@pytest.mark.parametrize("devices, impl, tile", [
+    (1, "tiled", 16), (1, "ring", 7), (2, "tiled", 7), (2, "ring", 16), (8, "tiled", 7), (8, "ring", 5)])
+def test_impls_agree_with_plain(devices, impl, tile):
+  e = _emb(64, 12, seed=3)
+  mesh = None if devices == 1 else _mesh(devices)
+  ref_total, ref_metrics, ref_grads = _loss_and_grads(e, "plain", None, tile)
+  total, metrics, grads = _loss_and_grads(e, impl, mesh, tile)
+  np.testing.assert_allclose(total, ref_total, rtol=2e-6)
+  for k in ref_metrics:
+    np.testing.assert_allclose(metrics[k], ref_metrics[k], rtol=2e-6, err_msg=k)
+  for k in ref_grads[0]:
+    np.testing.assert_allclose(grads[0][k], ref_grads[0][k], rtol=1e-5, atol=1e-7, err_msg=k)
+  np.testing.assert_allclose(grads[1], ref_grads[1], rtol=1e-5)  # Temperature gradient.
+  assert abs(float(ref_grads[1])) > 1e-3
+
+
+@pytest.mark.parametrize("impl", losses.IMPLS)
+def test_eight_devices_equal_one_device(impl):
+  e = _emb(128, 16, seed=4)
+  one = _loss_and_grads(e, impl, _mesh(1), 32)
+  eight = _loss_and_grads(e, impl, _mesh(8), 32)
+  np.testing.assert_allclose(eight[0], one[0], rtol=2e-6)
+  for k in one[2][0]:
+    np.testing.assert_allclose(eight[2][0][k], one[2][0][k], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(eight[2][1], one[2][1], rtol=1e-5)
+  np.testing.assert_allclose(eight[1]["top1/logmel_video"], one[1]["top1/logmel_video"])
+
+
+def test_learned_temperature_gradient_matches_finite_difference():
+  e = _emb(32, 8, seed=5)
+  f = jax.jit(lambda log_t: losses.contrastive_loss(e, {"logmel_video": 1.0}, jnp.exp(log_t),
+                                                    mesh=_mesh(8), impl="ring", tile_size=4)[0])
+  g = jax.jit(jax.grad(f))(jnp.float32(np.log(0.1)))
+  h = 1e-2
+  fd = (f(jnp.float32(np.log(0.1) + h)) - f(jnp.float32(np.log(0.1) - h))) / (2 * h)
+  np.testing.assert_allclose(g, fd, rtol=2e-3)
+
+
+def test_same_embedding_in_two_pairs_and_second_view():
+  e = _emb(16, 8, seed=6)
+  e["logmel2"] = e.pop("wave")
+  total, m = losses.contrastive_loss(e, {"logmel_logmel2": 1.0, "logmel_video": 0.0}, 0.2,
+                                     mesh=_mesh(4), impl="tiled", tile_size=3)
+  np.testing.assert_allclose(total, _numpy_info_nce(e["logmel"], e["logmel2"], 0.2)[0], rtol=1e-5)
+  assert set(m) == {"loss/logmel_logmel2", "top1/logmel_logmel2"}
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(impl="fast"), "loss.impl"),
+    (dict(tile_size=0), "loss.tile_size"),
+    (dict(pairs={"logmel_video": -1.0}), "loss.pairs.logmel_video"),
+    (dict(pairs={"logmel_video": 0.0}), "no pair"),
+    (dict(pairs={"logmel_audio": 1.0}), "embeddings\\['audio'\\]"),
+    (dict(pairs={"logmel-video": 1.0}), "must be 'a_b'"),
+    (dict(mesh="m3"), "not divisible"),
+])
+def test_bad_arguments(kwargs, match):
+  e = _emb(20, 4)
+  args = dict(pairs={"logmel_video": 1.0}, impl="plain", tile_size=8, mesh=None)
+  args.update(kwargs)
+  if args["mesh"] == "m3":
+    args["mesh"] = _mesh(8)
+  pairs = args.pop("pairs")
+  with pytest.raises(ValueError, match=match):
+    losses.contrastive_loss(e, pairs, 0.1, **args)
