@@ -72,11 +72,14 @@ def override_flags(overrides: Mapping[str, Any]) -> list[str]:
 
 
 def main_command(*, python: str, config: str, workdir: str, mode: str, overrides: Mapping[str, Any],
-                 distributed: Sequence[str] = ()) -> list[str]:
-  """The argv of one `avcl.main` process. `distributed` holds the process-group flags, if any."""
+                 distributed: Sequence[str] = (), module: str = "avcl.main") -> list[str]:
+  """The argv of one `avcl.main` process. `distributed` holds the process-group flags, if any.
+
+  `module`: another entry point taking avcl.main's flags (tests use a driver that feeds fixed batches).
+  """
   if mode not in ("train", "eval", "train_and_eval"):
     raise ValueError(f"--mode {mode!r}: expected train, eval or train_and_eval")
-  return [python, "-m", "avcl.main", f"--config={config}", f"--workdir={workdir}", f"--mode={mode}",
+  return [python, "-m", module, f"--config={config}", f"--workdir={workdir}", f"--mode={mode}",
           *distributed, *override_flags(overrides)]
 
 

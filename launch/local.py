@@ -31,7 +31,7 @@ def cpu_xla_flags(devices: int, inherited: str = "") -> str:
 
 def build_members(*, num_processes: int, devices_per_process: int, config: str, workdir: str, mode: str,
                   overrides, log_dir: str, port: int, python: str = sys.executable,
-                  inherited_xla_flags: str = "") -> list[procs.Member]:
+                  inherited_xla_flags: str = "", module: str = "avcl.main") -> list[procs.Member]:
   if num_processes < 1:
     raise ValueError(f"--num-processes {num_processes}: must be >= 1")
   if devices_per_process < 1:
@@ -49,7 +49,7 @@ def build_members(*, num_processes: int, devices_per_process: int, config: str, 
       dist = common.distributed_flags(coordinator=f"127.0.0.1:{port}", num_processes=num_processes,
                                       process_id=i)
     argv = common.main_command(python=python, config=config, workdir=workdir, mode=mode,
-                               overrides=overrides, distributed=dist)
+                               overrides=overrides, distributed=dist, module=module)
     members.append(procs.Member(argv=argv, env=dict(env), log_path=os.path.join(log_dir, f"process_{i}.log")))
   return members
 
