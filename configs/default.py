@@ -115,4 +115,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.hop_seconds = 1.0  # Hop between embedding windows.
   c.eval.batch_size = 64  # Clips per embedding batch.
   c.eval.baselines = ("random_init", "logmel")  # Baselines scored beside the pretrained encoder.
+  c.eval.probe = "linear"  # Probe on frozen embeddings: "linear" (softmax/sigmoid) or "mlp".
+  c.eval.mlp_hidden = 512  # Hidden width of the MLP probe.
+  c.eval.finetune = False  # Also fine-tune the whole encoder per task (slow on CPU); score "finetuned".
+  c.eval.finetune_steps = 300  # Fine-tuning steps (best step picked on validation).
+  c.eval.finetune_learning_rate = 1e-4  # Adam learning rate for fine-tuning.
+  c.eval.timestamp_window_seconds = 1.0  # Window centred on each timestamp of frame-level embeddings.
+  c.eval.timestamp_hop_seconds = 0.05  # Hop between timestamps of frame-level (HEAR) embeddings.
+  c.eval.max_examples_per_split = 0  # Cap on examples read per split (0: all), for huge datasets.
+  c.eval.tfds_data_dir = ""  # TFDS data dir for real datasets ("": TFDS's default, ~/tensorflow_datasets).
+  c.eval.audioset_dir = ""  # Directory of AudioSet DMVR TFRecords (balanced_train*, unbalanced_train*, eval*).
+  c.eval.audioset_sample_rate = 0  # Rate of AudioSet records lacking audio/sample_rate (0: require it).
   return c

@@ -1,0 +1,56 @@
+"""`python -m avcl.evaluate --workdir W [--tasks ...] [--probe linear|mlp] [--step N]`.
+
+Evaluates a training run's checkpoint on downstream tasks and writes W/eval/results.{json,md,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from avcl.evaluate import tasks as tasks_lib
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+      prog="python -m avcl.evaluate",
+      description="Evaluate an avcl checkpoint on downstream tasks with probes on frozen embeddings, beside "
+                  "a randomly initialised encoder and pooled log-mel features. Writes WORKDIR/eval/"
+                  "results.json, results.md, results.png and details.json, and prints the table.",
+      epilog=f"Tasks: embedded-world {', '.join(tasks_lib.EMBEDDED_TASKS)}; TFDS (prepared beforehand) "
+             f"{', '.join(sorted(tasks_lib.TFDS_TASKS))}; audioset, audioset_unbalanced (with "
+             "--audioset_dir). Evaluation runs on JAX process 0 only.")
+  p.add_argument("--workdir", required=True, help="training run directory (config.json, checkpoints/)")
+  p.add_argument("--tasks", nargs="+", default=None,
+                 help="tasks to evaluate (default: config.eval.tasks of the run)")
+  p.add_argument("--probe", choices=("linear", "mlp"), default=None, help="default: config.eval.probe")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  p.add_argument("--finetune", action="store_true", help="also fine-tune the whole encoder (slow on CPU)")
+  p.add_argument("--data_root", default=None, help="embedded world root (default: the run's data.root)")
+  p.add_argument("--tfds_data_dir", default=None, help="TFDS data dir holding prepared datasets")
+  p.add_argument("--audioset_dir", default=None, help="directory of AudioSet DMVR TFRecords")
+  p.add_argument("--max_examples_per_split", type=int, default=None, help="cap per split (0: all)")
+  p.add_argument("--no_progress", action="store_true", help="no progress bars")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  from avcl.evaluate import runner
+  config = None
+  overrides = {"data.root": args.data_root, "eval.tfds_data_dir": args.tfds_data_dir,
+               "eval.audioset_dir": args.audioset_dir, "eval.max_examples_per_split": args.max_examples_per_split}
+  if any(v is not None for v in overrides.values()):
+    config = runner.with_eval_defaults(runner.load_run_config(args.workdir))
+    for key, value in overrides.items():
+      if value is not None:
+        section, field = key.split(".")
+        config[section][field] = value
+  runner.evaluate(args.workdir, config, args.tasks, step=args.step, probe=args.probe,
+                  finetune=True if args.finetune else None, progress=not args.no_progress)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,210 @@
+"""Downstream evaluation of a training run: embed every task, probe, compare with baselines, report.
+
+`evaluate(workdir)` restores the run's audio encoder (`avcl.checkpoints.restore_model`), and for each task
+embeds its train, validation and test splits with
+  * `pretrained`: the checkpoint's audio encoder,
+  * `random_init`: the same architecture with random weights (seeded by `config.seed`),
+  * `logmel`: mean and standard deviation over time of the log-mel bands,
+then fits the probe (`config.eval.probe`) on each embedding and scores it on the test split; optionally
+(`config.eval.finetune`) it also fine-tunes the whole encoder (`finetuned`). It writes
+`WORKDIR/eval/results.json`, `results.md`, `results.png` and `details.json`, and prints the table.
+
+Multi-process runs: evaluation runs on process 0 only, on its local devices, with no collective; every
+other process returns `{}` straight away (so all processes may call it after training). Runs use plain
+`jax.jit` on the default (local) device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from avcl.evaluate import embed as embed_lib
+from avcl.evaluate import probes, report
+from avcl.evaluate import tasks as tasks_lib
+
+EMBEDDINGS = ("pretrained", "random_init", "logmel")
+
+
+def validate_eval_config(e) -> None:
+  """Raises ValueError naming the config.eval field and its allowed range."""
+  def bad(field, value, allowed):
+    raise ValueError(f"config.eval.{field} must be {allowed}, got {value!r}")
+  if not e.tasks:
+    bad("tasks", e.tasks, "a non-empty tuple of task names")
+  if e.probe not in probes.PROBES:
+    bad("probe", e.probe, f"one of {sorted(probes.PROBES)}")
+  for b in e.baselines:
+    if b not in ("random_init", "logmel"):
+      bad("baselines", e.baselines, "a tuple drawn from ('random_init', 'logmel')")
+  for field in ("window_seconds", "hop_seconds", "timestamp_window_seconds", "timestamp_hop_seconds",
+                "finetune_learning_rate"):
+    if not float(e[field]) > 0:
+      bad(field, e[field], "> 0")
+  for field, lo in (("batch_size", 1), ("mlp_hidden", 1), ("finetune_steps", 1),
+                    ("max_examples_per_split", 0), ("audioset_sample_rate", 0)):
+    if not isinstance(e[field], (int, np.integer)) or e[field] < lo:
+      bad(field, e[field], f"an integer >= {lo}")
+
+
+def with_eval_defaults(config):
+  """A copy of `config` whose `eval` section has every field of configs/default.py (older runs lack some)."""
+  from configs import default
+  config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
+  defaults = default.get_config().eval
+  with config.unlocked():
+    if "eval" not in config:
+      config.eval = defaults
+    for k, v in defaults.items():
+      if k not in config.eval:
+        config.eval[k] = v
+  return config
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config from WORKDIR/config.json (written by training)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {workdir!r} is not an avcl training workdir")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def _flatten(cfg, prefix: str) -> dict:
+  out = {}
+  for k, v in cfg.items():
+    if hasattr(v, "items"):
+      out.update(_flatten(v, f"{prefix}.{k}"))
+    else:
+      out[f"{prefix}.{k}"] = tuple(v) if isinstance(v, list) else v
+  return out
+
+
+def check_same_architecture(config, checkpoint_config, *, where: str = "the checkpoint") -> None:
+  """Errors, naming the field, when `config` describes another model or frontend than the checkpoint's."""
+  for part in ("model", "audio"):
+    ours = _flatten(config[part], f"config.{part}")
+    theirs = _flatten(checkpoint_config[part], f"config.{part}")
+    for field in sorted(set(ours) | set(theirs)):
+      if field == "config.model.dtype":  # Compute dtype: weights are float32 either way.
+        continue
+      if ours.get(field, "<absent>") != theirs.get(field, "<absent>"):
+        raise ValueError(f"architecture mismatch: {field} is {ours.get(field, '<absent>')!r} in the given "
+                         f"config but {theirs.get(field, '<absent>')!r} in {where}")
+
+
+def check_param_shapes(model, reference) -> None:
+  """Errors, naming the parameter, when two models' parameter trees differ in structure or shape."""
+  a = {jax.tree_util.keystr(p): v.shape for p, v in
+       jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))}
+  b = {jax.tree_util.keystr(p): v.shape for p, v in
+       jax.tree_util.tree_leaves_with_path(nnx.state(reference, nnx.Param))}
+  for k in sorted(set(a) | set(b)):
+    if a.get(k) != b.get(k):
+      raise ValueError(f"architecture mismatch: parameter {k} has shape {a.get(k, '<absent>')} in the "
+                       f"checkpoint but {b.get(k, '<absent>')} in the model the config describes")
+
+
+def make_embedders(model, config, baselines: Sequence[str]) -> dict:
+  e = config.eval
+  kw = dict(window_seconds=e.window_seconds, hop_seconds=e.hop_seconds, batch_size=e.batch_size)
+  out = {"pretrained": embed_lib.Embedder(model, config.audio, **kw)}
+  if "random_init" in baselines:
+    from avcl import models
+    random_model = models.build_model(config.model, config.audio, rngs=nnx.Rngs(int(config.seed)))
+    out["random_init"] = embed_lib.Embedder(random_model, config.audio, **kw)
+  if "logmel" in baselines:
+    out["logmel"] = embed_lib.LogmelStats(config.audio, batch_size=e.batch_size)
+  return out
+
+
+def resolve_tasks(names: Sequence[str], config) -> list[tasks_lib.Task]:
+  """Looks every task up before any work, so a missing dataset fails first, naming itself."""
+  e = config.eval
+  return [tasks_lib.get_task(n, sample_rate=config.audio.sample_rate, embedded_root=config.data.root,
+                             tfds_data_dir=e.tfds_data_dir or None, audioset_dir=e.audioset_dir,
+                             audioset_sample_rate=e.audioset_sample_rate,
+                             max_examples=e.max_examples_per_split) for n in names]
+
+
+def evaluate_model(model, config, *, step: int, out_dir: str | None, tasks: Sequence[str] | None = None,
+                   probe: str | None = None, finetune: bool | None = None, progress: bool = True,
+                   print_table: bool = True) -> dict:
+  """Evaluates an in-memory model; writes the report into `out_dir` (None: write nothing).
+
+  Returns the results.json dict.
+  """
+  config = with_eval_defaults(config)
+  e = config.eval
+  validate_eval_config(e)
+  probe = probe or e.probe
+  finetune = e.finetune if finetune is None else finetune
+  if probe not in probes.PROBES:
+    raise ValueError(f"probe must be one of {sorted(probes.PROBES)}, got {probe!r}")
+  task_list = resolve_tasks(list(tasks or e.tasks), config)
+  embedders = make_embedders(model, config, e.baselines)
+  results = {"tasks": {}, "checkpoint_step": int(step)}
+  details = {"checkpoint_step": int(step), "probe": probe, "tasks": {}}
+  probe_kwargs = {"hidden": int(e.mlp_hidden)} if probe == "mlp" else {}
+  for task in task_list:
+    t0 = time.time()
+    feats, labels = {}, {}
+    for split in tasks_lib.SPLITS:
+      feats[split], labels[split] = embed_lib.embed_examples(
+          embedders, task.examples(split), multi_label=task.multi_label, num_classes=task.num_classes,
+          group=max(e.batch_size, 64), total=task.count(split), desc=f"{task.name}/{split} embed",
+          progress=progress)
+    scores, task_details = {}, {"source": task.source, "n_val": int(labels["validation"].shape[0]),
+                                "probes": {}}
+    for name in embedders:
+      r = probes.run_probe(
+          probe, *(probes.Split(feats[s][name], labels[s]) for s in tasks_lib.SPLITS),
+          num_classes=task.num_classes, multi_label=task.multi_label, seed=int(config.seed),
+          progress=progress, desc=f"{task.name}/{name} {probe} probe", **probe_kwargs)
+      scores[name] = float(r.score)
+      task_details["probes"][name] = dataclasses.asdict(r)
+    if finetune:
+      from avcl.evaluate import finetune as finetune_lib
+      r = finetune_lib.finetune_task(model, config, task, progress=progress)
+      scores["finetuned"] = float(r.score)
+      task_details["probes"]["finetuned"] = dataclasses.asdict(r)
+    results["tasks"][task.name] = {"metric": task.metric, "n_train": int(labels["train"].shape[0]),
+                                   "n_test": int(labels["test"].shape[0]), "scores": scores}
+    task_details["seconds"] = round(time.time() - t0, 1)
+    details["tasks"][task.name] = task_details
+    logging.info("eval %s: %s (%.0f s)", task.name,
+                 ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()), task_details["seconds"])
+  if out_dir is not None:
+    report.write(results, out_dir, details=details)
+  if print_table:
+    print(report.markdown_table(results))
+  return results
+
+
+def evaluate(workdir: str, config=None, tasks: Sequence[str] | None = None, *, step: int | None = None,
+             probe: str | None = None, finetune: bool | None = None, progress: bool = True) -> dict:
+  """Evaluates the checkpoint in `workdir` (the latest, or `step`) and writes `workdir/eval/results.*`.
+
+  `config`: overrides the run's config.json for the `eval` and `data` fields; its `model` and `audio`
+  must match the checkpoint's (an error names the first field that differs). Returns the results.json
+  dict; `{}` on processes other than 0 (see module docstring).
+  """
+  if jax.process_index() != 0:
+    logging.info("evaluate: process %d leaves evaluation to process 0", jax.process_index())
+    return {}
+  from avcl import checkpoints
+  model, checkpoint_config, restored_step = checkpoints.restore_model(workdir, step)
+  if config is None:
+    config = checkpoint_config
+  else:
+    check_same_architecture(config, checkpoint_config, where=f"{workdir}/config.json")
+  return evaluate_model(model, config, step=int(restored_step), out_dir=os.path.join(workdir, "eval"),
+                        tasks=tasks, probe=probe, finetune=finetune, progress=progress)

@@ -1,0 +1,90 @@
+"""Evaluation and HEAR from a real orbax checkpoint (avcl.checkpoints layout); CLI; mismatch errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from avcl import checkpoints, hear, models
+from avcl.evaluate import cli, runner
+from tests.test_eval_runner import make_world, tiny_config
+
+
+def write_checkpoint(workdir, config, step=5, seed=3):
+  """A checkpoint as training writes it: WORKDIR/config.json and WORKDIR/checkpoints/<step>/state."""
+  model = models.build_model(config.model, config.audio, rngs=nnx.Rngs(seed))
+  checkpoints.write_config(workdir, config)
+  manager = checkpoints.make_manager(workdir)
+  checkpoints.save(manager, step, {"model": nnx.to_pure_dict(nnx.state(model)), "opt_state": {},
+                                   "step": np.int32(step)})
+  manager.wait_until_finished()
+  manager.close()
+  return model
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("ckpt")
+  make_world(str(root / "world"), {"train": 16, "validation": 8, "test": 8})
+  config = tiny_config(root / "world")
+  config.eval.tasks = ("keyword",)
+  workdir = str(root / "run")
+  model = write_checkpoint(workdir, config)
+  return workdir, config, model
+
+
+def test_evaluate_from_checkpoint_and_cli(run_dir, capsys):
+  workdir, config, _ = run_dir
+  results = runner.evaluate(workdir, progress=False)
+  assert results["checkpoint_step"] == 5
+  assert results["tasks"]["keyword"]["n_train"] == 16
+  with open(os.path.join(workdir, "eval", "results.json")) as f:
+    assert json.load(f) == results
+  assert "| keyword | accuracy | 16 | 8 |" in capsys.readouterr().out
+  # The CLI: same run, the MLP probe, an explicit step.
+  assert cli.main(["--workdir", workdir, "--probe", "mlp", "--step", "5", "--no_progress"]) == 0
+  details = json.load(open(os.path.join(workdir, "eval", "details.json")))
+  assert details["probe"] == "mlp"
+
+
+def test_cli_help():
+  out = subprocess.run([sys.executable, "-m", "avcl.evaluate", "--help"], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
+  assert out.returncode == 0 and "--workdir" in out.stdout and "speech_commands" in out.stdout
+
+
+def test_mismatched_config_names_field(run_dir):
+  workdir, config, _ = run_dir
+  other = tiny_config(config.data.root)
+  other.model.logmel.depth = 3
+  with pytest.raises(ValueError, match=r"config\.model\.logmel\.depth is 3 in the given config but 2"):
+    runner.evaluate(workdir, other, progress=False)
+
+
+def test_checkpoint_of_another_architecture_names_parameter(run_dir, tmp_path):
+  workdir, config, _ = run_dir
+  # A workdir whose config.json says width 8 but whose checkpoint holds a width-4 encoder.
+  bad = str(tmp_path / "bad")
+  write_checkpoint(bad, config)
+  wide = tiny_config(config.data.root)
+  wide.model.logmel.width = 8
+  checkpoints.write_config(bad, wide)
+  with pytest.raises(checkpoints.CheckpointError, match=r"logmel.*shape"):
+    runner.evaluate(bad, progress=False)
+  with pytest.raises(checkpoints.CheckpointError, match=r"logmel.*shape"):
+    hear.load_model(bad)
+
+
+def test_hear_load_model_from_workdir_and_step_dir(run_dir):
+  workdir, config, model = run_dir
+  for path in (workdir, os.path.join(workdir, "checkpoints", "5")):
+    m = hear.load_model(path)
+    assert isinstance(m, hear.tf.Module) and m.checkpoint_step == 5 and m.sample_rate == 16000
+  audio = np.random.default_rng(0).uniform(-1, 1, (2, 9000)).astype(np.float32)
+  ref = hear.numpy_reference(model, config).embed_clips(list(audio))
+  np.testing.assert_allclose(hear.get_scene_embeddings(audio, m).numpy(), ref, rtol=1e-3, atol=1e-4)
+  with pytest.raises(FileNotFoundError, match="not an avcl workdir"):
+    hear.load_model(os.path.dirname(workdir))
