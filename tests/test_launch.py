@@ -396,6 +396,16 @@ def test_shipped_sweeps_override_real_fields(name):
         node = node[part]
       assert isinstance(value, type(node)) or (isinstance(node, float) and isinstance(value, int)), (
           f"{name}: {key}={value!r} but the field holds {node!r}")
+    # And the trainer's own validation accepts the run's config.
+    from avcl import config_validation
+    run_config = module.get_config()
+    for key, value in run.items():
+      *parents, leaf = key.split(".")
+      node = run_config
+      for part in parents:
+        node = node[part]
+      node[leaf] = value
+    config_validation.validate_config(run_config)
   if name != "tiny":
     seeds = {run["seed"] for run in runs}
     assert len(seeds) >= 3
@@ -483,3 +493,152 @@ def test_group_passes_on_the_launchers_sigterm(tmp_path):
   for pid in pids:
     with pytest.raises(ProcessLookupError):
       os.kill(pid, 0)
+
+
+# ---- the real thing: several processes training (slow) --------------------------------------------------
+
+TINY = "configs/sweeps/tiny.py"
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory):
+  """A persistent compilation cache shared by the slow tests' processes: later runs skip most compiles."""
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def _cpu_env(cache_dir=None):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # Each launcher sets its own device count.
+  env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  if cache_dir:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return env
+
+
+def _run_driver(workdir, losses_out, *, num_processes, devices_per_process, overrides, timeout=900):
+  """The local launcher's process group, running tests.multiprocess_driver (fixed global batches)."""
+  members = local.build_members(
+      num_processes=num_processes, devices_per_process=devices_per_process, config=TINY, workdir=workdir,
+      mode="train", overrides=overrides, log_dir=os.path.join(losses_out + "-logs"), port=common.free_port(),
+      module="tests.multiprocess_driver")
+  for m in members:
+    m.argv.append(f"--losses_out={losses_out}")
+  status = procs.run_group(members, timeout_s=timeout)
+  logs = "\n".join(open(m.log_path).read()[-3000:] for m in members)
+  assert status == 0, logs
+  return [json.load(open(f"{losses_out}.p{i}.json")) for i in range(num_processes)]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_match_one_and_resume_on_the_same_step(tmp_path, monkeypatch, jax_cache):
+  """2 processes x 2 devices vs 1 process x 4 devices, on identical global batches: the same losses, also
+  after the 2-process run stops at a checkpoint and resumes (each process reports the step it resumed at)."""
+  for k, v in _cpu_env(jax_cache).items():
+    monkeypatch.setenv(k, v)
+  base = {"train.global_batch_size": 8, "train.checkpoint_every": 2, "train.log_every": 1}
+  two, one = str(tmp_path / "two"), str(tmp_path / "one")
+  first = _run_driver(two, str(tmp_path / "a"), num_processes=2, devices_per_process=2,
+                      overrides={**base, "train.num_steps": 2})
+  resumed = _run_driver(two, str(tmp_path / "b"), num_processes=2, devices_per_process=2,
+                        overrides={**base, "train.num_steps": 4})
+  single = _run_driver(one, str(tmp_path / "c"), num_processes=1, devices_per_process=4,
+                       overrides={**base, "train.num_steps": 4})
+  assert [r["start_step"] for r in first] == [0, 0]
+  assert [r["start_step"] for r in resumed] == [2, 2]  # Both processes agree on the step to resume.
+  assert all(r["process_count"] == 2 and r["device_count"] == 4 for r in first + resumed)
+  assert single[0]["process_count"] == 1 and single[0]["device_count"] == 4
+  for runs in (first, resumed):  # Every process computes the same global loss.
+    assert runs[0]["losses"] == runs[1]["losses"]
+  two_losses = first[0]["losses"] + resumed[0]["losses"]
+  assert [s for s, _ in two_losses] == [1, 2, 3, 4] == [s for s, _ in single[0]["losses"]]
+  np.testing.assert_allclose([l for _, l in two_losses], [l for _, l in single[0]["losses"]], rtol=2e-5)
+  assert sorted(os.listdir(os.path.join(two, "checkpoints")), key=int)[-1] == "4"
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+  """A 16-clip embedded world (about 15 s to render on one core), shared by the slow tests."""
+  from data_pipeline import embedded
+  root = str(tmp_path_factory.mktemp("world"))
+  embedded.generate(root, clips=16, seed=0, workers=1, progress=False)
+  return root
+
+
+def _world_args(world):
+  return ["--override", f"data.root={world}", "--override", "data.generate_if_missing=False"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_local_launcher_killed_then_resumed(tiny_world, tmp_path, jax_cache):
+  """`launch.local` with 2 processes on the real data path: one process is killed (SIGKILL, as a host dies);
+  the launcher stops the other and fails; the same command resumes from the newest checkpoint and finishes."""
+  workdir = tmp_path / "w"
+  ckpt = workdir / "checkpoints"
+  args = [sys.executable, "-m", "launch.local", "--num-processes", "2", "--devices-per-process", "2",
+          "--config", TINY, "--workdir", str(workdir), "--mode", "train", *_world_args(tiny_world),
+          "--override", "train.global_batch_size=8", "--override", "train.checkpoint_every=2",
+          "--override", "train.log_every=1"]
+  launcher = subprocess.Popen([*args, "--override", "train.num_steps=100000", "--log-dir", str(tmp_path / "l1")],
+                              env=_cpu_env(jax_cache), cwd=REPO, stderr=subprocess.PIPE, text=True)
+  try:
+    pids = {}
+    while len(pids) < 2:
+      line = launcher.stderr.readline()
+      assert line, "launcher ended before starting its processes"
+      if " pid " in line:
+        pids[int(line.split("process ")[1].split()[0])] = int(line.split(" pid ")[1].split()[0])
+    deadline = time.monotonic() + 900
+    while not (ckpt / "2").is_dir():  # Orbax renames a checkpoint to its step once it is complete.
+      assert launcher.poll() is None, (tmp_path / "l1" / "process_0.log").read_text()[-3000:]
+      assert time.monotonic() < deadline, "no checkpoint within 900 s"
+      time.sleep(0.5)
+    os.kill(pids[1], 9)
+    rest = launcher.stderr.read()
+    assert launcher.wait(timeout=120) == 128 + 9
+  finally:
+    if launcher.poll() is None:
+      launcher.kill()
+  assert "process 1 exited with status 137" in rest and "stopping the others" in rest
+  with pytest.raises(ProcessLookupError):
+    os.kill(pids[0], 0)  # The surviving process was stopped (and reaped) by the launcher.
+
+  k = max(int(d) for d in os.listdir(ckpt) if d.isdigit())
+  r = subprocess.run([*args, "--override", f"train.num_steps={k + 2}", "--log-dir", str(tmp_path / "l2")],
+                     env=_cpu_env(jax_cache), cwd=REPO, capture_output=True, text=True, timeout=900)
+  log0 = (tmp_path / "l2" / "process_0.log").read_text()
+  assert r.returncode == 0, log0[-3000:] + (tmp_path / "l2" / "process_1.log").read_text()[-3000:]
+  assert f"from checkpoint step {k}" in log0
+  assert f"step {k + 2}/{k + 2}" in log0
+  assert (ckpt / str(k + 2)).is_dir()
+
+
+@pytest.mark.slow
+def test_tiny_sweep_end_to_end(tiny_world, tmp_path, jax_cache):
+  """Two tiny variants trained and evaluated one after the other: two workdirs with results, a summary;
+  running the sweep again skips both."""
+  root = tmp_path / "sweep"
+  cmd = [sys.executable, "-m", "launch.sweep", "--config", TINY, "--workdir-root", str(root),
+         *_world_args(tiny_world)]
+  r = subprocess.run(cmd, env=_cpu_env(jax_cache), cwd=REPO, capture_output=True, text=True, timeout=1500)
+  names = ["mix.enabled=false", "mix.enabled=true"]
+  logs = "".join((root / n / "logs" / "process_0.log").read_text()[-2000:] for n in names
+                 if (root / n / "logs" / "process_0.log").exists())
+  assert r.returncode == 0, r.stdout[-2000:] + logs
+  summary = json.loads((root / "summary.json").read_text())
+  assert [run["name"] for run in summary["runs"]] == names
+  for run, mix in zip(summary["runs"], [False, True]):
+    assert run["status"] == "done" and run["exit_status"] == 0 and run["wall_s"] > 0
+    assert run["overrides"] == {"augment.mix.enabled": mix}
+    results = json.loads((root / run["name"] / "eval" / "results.json").read_text())
+    assert results["checkpoint_step"] == 4 and run["checkpoint_step"] == 4
+    assert set(results["tasks"]) == {"keyword"}
+    assert 0.0 <= results["tasks"]["keyword"]["scores"]["pretrained"] <= 1.0
+    assert run["scores"]["keyword"] == results["tasks"]["keyword"]["scores"]["pretrained"]
+    config = json.loads((root / run["name"] / "config.json").read_text())
+    assert config["augment"]["mix"]["enabled"] is mix  # The override reached the run.
+  assert "| mix.enabled=false | done | 4 |" in (root / "summary.md").read_text()
+  again = subprocess.run(cmd, env=_cpu_env(jax_cache), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0 and again.stdout.count("results exist, skipped") == 2
