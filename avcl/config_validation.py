@@ -265,5 +265,39 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int | None =
   c.check("eval.baselines", lambda v: isinstance(v, (tuple, list)) and all(isinstance(t, str) for t in v),
           "be a tuple of baseline names")
 
+  c.integer("model.logmel.blocks", 1)
+  c.boolean("model.remat")
+
+  if not c.errors:
+    # Second line: each part's own checks (model-specific limits such as CNN14's depth, fields a part adds
+    # to configs/default.py). They raise on their first problem, so they run once the table above is clean.
+    for check in _PART_CHECKS:
+      try:
+        check(cfg)
+      except (ValueError, TypeError) as e:
+        c.errors.append(str(e))
   if c.errors:
     raise ConfigError("invalid config:\n  " + "\n  ".join(c.errors))
+
+
+def _check_frontend(cfg):
+  from avcl import frontend  # pylint: disable=g-import-not-at-top
+  frontend.from_config(cfg.audio)
+
+
+def _check_augment(cfg):
+  from avcl import augment  # pylint: disable=g-import-not-at-top
+  augment.validate_config(cfg.augment, prefix="augment.")
+
+
+def _check_model(cfg):
+  from avcl import models  # pylint: disable=g-import-not-at-top
+  models.validate_model_config(cfg.model)
+
+
+def _check_eval(cfg):
+  from avcl.evaluate import runner  # pylint: disable=g-import-not-at-top
+  runner.validate_eval_config(runner.with_eval_defaults(cfg).eval)
+
+
+_PART_CHECKS = (_check_frontend, _check_augment, _check_model, _check_eval)

@@ -85,21 +85,26 @@ def ensure_world(config) -> None:
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
   root = config.data.root
-  marker = os.path.join(root, "world.json")
   if _is_remote(root):
     # Remote data is prepared beforehand (generate locally, copy with gsutil); nothing to lock.
     return
-  if not os.path.exists(marker):
-    if not config.data.generate_if_missing:
-      raise FileNotFoundError(f"config.data.root={root!r} has no world.json and "
-                              "config.data.generate_if_missing is False")
-    # A file lock serialises the processes of one machine; each host of a pod generates its own
+
+  def present() -> bool:
+    # world.json is the generator's last write; a pretrain/ folder is any other dataset in the same layout.
+    return os.path.exists(os.path.join(root, "world.json")) or os.path.isdir(os.path.join(root, "pretrain"))
+
+  if not os.path.exists(os.path.join(root, "world.json")):
+    # A file lock serialises the processes of one machine (a process that finds the lock held waits for the
+    # generation to finish instead of reading half-written shards); each host of a pod generates its own
     # (deterministic, seeded) copy on its local disk.
     os.makedirs(os.path.dirname(os.path.abspath(root)) or ".", exist_ok=True)
     with open(os.path.abspath(root) + ".lock", "w") as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)
       try:
-        if not os.path.exists(marker):
+        if not present():
+          if not config.data.generate_if_missing:
+            raise FileNotFoundError(f"config.data.root={root!r} holds no data (no world.json, no pretrain/) "
+                                    "and config.data.generate_if_missing is False")
           cmd = [sys.executable, "-m", "data_pipeline.embedded", "--output", root]
           if config.data.world_clips:
             cmd += ["--clips", str(config.data.world_clips)]
@@ -151,7 +156,8 @@ def main(argv):
   from avcl import checkpoints, config_validation, train  # pylint: disable=g-import-not-at-top
   try:
     run(_CONFIG.value, _WORKDIR.value, _MODE.value)
-  except (config_validation.ConfigError, train.NonFiniteLossError, checkpoints.CheckpointError) as e:
+  except (config_validation.ConfigError, train.NonFiniteLossError, checkpoints.CheckpointError,
+          FileNotFoundError) as e:
     # Expected failures: a clear message and exit status 1, no traceback.
     logging.error("%s", e)
     sys.exit(f"error: {e}")

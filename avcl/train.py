@@ -298,8 +298,19 @@ class PreemptionWatcher:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def _quiet_orbax_logs() -> None:
+  """Orbax logs every save at INFO in dozens of lines; keep its warnings, drop the rest."""
+  import logging as py_logging  # pylint: disable=g-import-not-at-top
+  handler = logging.get_absl_handler()
+  if not any(getattr(f, "_avcl_orbax", False) for f in handler.filters):
+    def keep(record):
+      return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
+    keep._avcl_orbax = True  # pylint: disable=protected-access
+    handler.addFilter(keep)
+
+
 def _check_finite(step: int, metrics: dict[str, float], last_saved: int | None) -> None:
-  bad = {k: v for k, v in metrics.items() if k in ("loss", "grad_norm") and not math.isfinite(v)}
+  bad = {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics and not math.isfinite(metrics[k])}
   if bad:
     what = ", ".join(f"{k}={v}" for k, v in bad.items())
     kept = (f"the last good checkpoint is step {last_saved}" if last_saved is not None
@@ -321,6 +332,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   """
   mesh = sharding.make_mesh()
   config_validation.validate_config(config, num_devices=mesh.devices.size)
+  _quiet_orbax_logs()
   local_bs = sharding.local_batch_size(config.train.global_batch_size, mesh)
   is_main = jax.process_index() == 0
   workdir = epath.Path(workdir)

@@ -1,7 +1,10 @@
 """Full fine-tuning of the audio encoder on a downstream task (slow on CPU; `config.eval.finetune`).
 
 A copy of the encoder gets a linear classifier on its pooled features; both train with Adam on windows
-of the training clips (each window carries its clip's labels; BatchNorm in train mode). A clip's logits
+of the training clips (each window carries its clip's labels). BatchNorm keeps the checkpoint's running
+statistics (eval mode) while its scale and bias train: with small fine-tuning batches and few steps, batch
+statistics would leave running averages (momentum 0.99) far from the data the test split is normalised
+with, and train and test would see different networks. A clip's logits
 are the classifier applied to the mean of its windows' features (the clip embedding of embed.py), which
 for a linear classifier is the mean of the windows' logits. The step with the best validation score
 (checked every `eval_every` steps) is kept and scored on the test split.
@@ -71,7 +74,7 @@ def finetune_task(model, config, task, *, steps: int | None = None, batch_size: 
   @nnx.jit
   def train_step(clf, opt, x, y):
     def loss_fn(clf):
-      logits = clf.head(clf.features(x, frontend, train=True))
+      logits = clf.head(clf.features(x, frontend, train=False))
       if multi_label:
         return jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits, y), -1))
       return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))

@@ -42,6 +42,9 @@ class Cnn14(nnx.Module):
 
   def __init__(self, *, n_mels: int, width: int = 64, depth: int = 6, dtype=jnp.float32,
                bn_groups: int = 1, remat: bool = False, rngs: nnx.Rngs):
+    if n_mels < 2 ** (depth - 1):
+      raise ValueError(f"cnn14 with depth {depth} pools the mel axis {depth - 1} times and needs "
+                       f"config.audio.n_mels >= {2 ** (depth - 1)}, got {n_mels}")
     self.n_mels = n_mels
     self.dtype = dtype
     self.remat = remat
@@ -68,6 +71,6 @@ class Cnn14(nnx.Module):
         x = nnx.remat(lambda blk, y: blk(y, train=train))(block, x)
       else:
         x = block(x, train=train)
-    x = jnp.mean(x, axis=2)  # mean over frequency: [b, t, c]
+    x = jnp.mean(x.astype(jnp.float32), axis=2)  # mean over frequency: [b, t, c]
     x = max_plus_mean_over_time(smooth_time(x))
-    return jax.nn.relu(self.fc(x))
+    return jax.nn.relu(self.fc(x.astype(self.dtype)))

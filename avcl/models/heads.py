@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from avcl.models.batch_norm import BatchNorm
+from avcl.models.conv import he_normal, lecun_normal
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
@@ -29,13 +30,13 @@ class ProjectionHead(nnx.Module):
     f32 = dict(dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
     if hidden:
       # No bias before BN: BN's own bias makes it redundant.
-      self.fc1 = nnx.Linear(in_features, hidden, use_bias=False, **f32)
+      self.fc1 = nnx.Linear(in_features, hidden, use_bias=False, kernel_init=he_normal, **f32)
       self.bn = BatchNorm(hidden, num_groups=bn_groups)
-      self.fc2 = nnx.Linear(hidden, out_features, **f32)
+      self.fc2 = nnx.Linear(hidden, out_features, kernel_init=lecun_normal, **f32)
     else:
       self.fc1 = None
       self.bn = None
-      self.fc2 = nnx.Linear(in_features, out_features, **f32)
+      self.fc2 = nnx.Linear(in_features, out_features, kernel_init=lecun_normal, **f32)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = x.astype(jnp.float32)

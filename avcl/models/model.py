@@ -15,6 +15,9 @@ from flax import nnx
 from avcl.models.batch_norm import set_bn_groups
 from avcl.models.cnn14 import Cnn14
 from avcl.models.heads import ProjectionHead, l2_normalize
+from avcl.models.res1dnet import MAX_DEPTH as RES1DNET_MAX_DEPTH
+from avcl.models.res1dnet import Res1dNet
+from avcl.models.resnet_audio import ResNetAudio
 from avcl.models.tsm_resnet import TSMResNet
 
 ENCODERS = {"logmel": ("cnn14", "resnet"), "wave": ("res1dnet31",), "video": ("tsm_resnet",)}
@@ -49,6 +52,11 @@ def validate_model_config(model_cfg) -> None:
       _positive_int(model_cfg[enc].depth, f"{enc}.depth")
   if model_cfg.logmel.name == "cnn14" and model_cfg.logmel.depth > 8:
     raise ValueError(f"config.model.logmel.depth must be in [1, 8] for cnn14, got {model_cfg.logmel.depth}")
+  if model_cfg.logmel.name == "resnet":
+    _positive_int(model_cfg.logmel.blocks, "logmel.blocks")
+  if model_cfg.wave.name == "res1dnet31" and model_cfg.wave.depth > RES1DNET_MAX_DEPTH:
+    raise ValueError(f"config.model.wave.depth must be in [1, {RES1DNET_MAX_DEPTH}] for res1dnet31, "
+                     f"got {model_cfg.wave.depth}")
   if not any(model_cfg[enc].name for enc in ENCODERS):
     raise ValueError("config.model: at least one of logmel.name, wave.name, video.name must be set")
   _positive_int(model_cfg.embed_dim, "embed_dim")
@@ -62,6 +70,10 @@ def _build_encoder(enc: str, cfg, audio_cfg, *, dtype, bn_groups, remat, rngs) -
   common = dict(dtype=dtype, bn_groups=bn_groups, remat=remat, rngs=rngs)
   if cfg.name == "cnn14":
     return Cnn14(n_mels=audio_cfg.n_mels, width=cfg.width, depth=cfg.depth, **common)
+  if cfg.name == "resnet":
+    return ResNetAudio(n_mels=audio_cfg.n_mels, width=cfg.width, depth=cfg.depth, blocks=cfg.blocks, **common)
+  if cfg.name == "res1dnet31":
+    return Res1dNet(width=cfg.width, depth=cfg.depth, **common)
   if cfg.name == "tsm_resnet":
     return TSMResNet(width=cfg.width, blocks=tuple(cfg.blocks), bottleneck=cfg.bottleneck,
                      shift_fraction=cfg.shift_fraction, **common)

@@ -111,7 +111,8 @@ class TSMResNet(nnx.Module):
     self.final_bn = BatchNorm(cin, num_groups=bn_groups)
     self.feature_dim = cin
 
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def feature_map(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Frames [b, t, h, w, 3] -> last-stage activations [b, t, h', w', feature_dim] (after final BN, ReLU)."""
     if x.ndim != 5 or x.shape[-1] != 3:
       raise ValueError(f"tsm_resnet expects video [batch, time, height, width, 3], got shape {x.shape}")
     b, t, h, w, _ = x.shape
@@ -122,12 +123,16 @@ class TSMResNet(nnx.Module):
         x, self.stem.kernel[...].astype(self.dtype), (stride, stride), "SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if pool:
-      x = jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
+      x = jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                                "SAME")
     for block in self.blocks:
       if self.remat:
         x = nnx.remat(lambda blk, y: blk(y, num_frames=t, train=train))(block, x)
       else:
         x = block(x, num_frames=t, train=train)
     x = jax.nn.relu(self.final_bn(x, train=train))
-    x = x.astype(jnp.float32).reshape(b, t * x.shape[1] * x.shape[2], x.shape[3])
-    return jnp.mean(x, axis=1)
+    return x.reshape((b, t) + x.shape[1:])
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Frames [b, t, h, w, 3] -> [b, feature_dim]: mean over time, height and width (in float32)."""
+    return jnp.mean(self.feature_map(x, train=train).astype(jnp.float32), axis=(1, 2, 3))

@@ -94,6 +94,17 @@ class _Renderer:
       out[pos:] = np.frombuffer(self.synth.generate(total - pos), np.float32).reshape(-1, 2)
     return out.mean(axis=1)
 
+  @functools.cache
+  def playable_keys(self, program: int, low: int, high: int) -> tuple[int, ...]:
+    """Keys in [low, high] for which the soundfont has a sample on `program` (TimGM6mb leaves a few holes,
+    e.g. the whistle's top octave): probed once per process by rendering a 50 ms note."""
+    keys = []
+    for key in range(low, high + 1):
+      probe = self.render([(0.0, "on", 0, key, 100), (0.05, "off", 0, key, 0)], program, False, 0, 0.1)
+      if np.abs(probe).max() > 0:
+        keys.append(key)
+    return tuple(keys)
+
 
 @functools.cache
 def renderer(sample_rate: int) -> _Renderer:
@@ -107,16 +118,29 @@ def _normalise(x: np.ndarray, what: str) -> np.ndarray:
   return (x / peak).astype(np.float32)
 
 
-def melody_events(rng: np.random.Generator, program: int, max_seconds: float):
+def register(program: int) -> tuple[int, int]:
+  """(lowest, highest) MIDI key a phrase on `program` may use."""
+  return _REGISTER.get(FAMILY_OF_PROGRAM.get(program, ""), _DEFAULT_REGISTER)
+
+
+def melody_events(rng: np.random.Generator, program: int, max_seconds: float,
+                  playable: tuple[int, ...] | None = None):
   """A short phrase: notes of a random scale in the program's register, sometimes as chords.
 
+  `playable`: keys the soundfont can sound on `program` (None: the whole register).
   -> (events [(time_s, "on"|"off", 0, key, velocity)], end_s) with end_s <= max_seconds - release.
   """
-  low, high = _REGISTER.get(FAMILY_OF_PROGRAM.get(program, ""), _DEFAULT_REGISTER)
+  low, high = register(program)
+  playable = set(range(low, high + 1) if playable is None else playable)
+  if not playable:
+    raise ValueError(f"program {program} has no playable key in its register [{low}, {high}]")
+  high = max(playable)
   scale = (_MAJOR, _MINOR, _PENTATONIC)[int(rng.integers(3))]
   root = int(rng.integers(low, max(low + 1, high - 12)))
   keys = [root + 12 * octave + step for octave in range(3) for step in scale]
-  keys = [k for k in keys if low <= k <= high]
+  keys = [k for k in keys if low <= k <= high and k in playable]
+  if not keys:  # The scale misses every playable key: play the playable ones.
+    keys = sorted(playable)
   beat = 60.0 / float(rng.uniform(80, 180))
   chordal = FAMILY_OF_PROGRAM.get(program) in ("keyboard", "guitar", "organ", "mallet", "string") and \
       rng.random() < 0.4
@@ -150,8 +174,9 @@ def render_phrase(rng: np.random.Generator, program: int, max_seconds: float,
   """A phrase on GM `program` lasting at most `max_seconds` -> f32[samples], peak-normalised."""
   if not 0 <= program < 128:
     raise ValueError(f"program={program}: a General MIDI program is in [0, 127]")
-  events, end = melody_events(rng, program, max_seconds)
-  audio = renderer(sample_rate).render(events, program, False, 0, end + _RELEASE_SECONDS)
+  synth = renderer(sample_rate)
+  events, end = melody_events(rng, program, max_seconds, synth.playable_keys(program, *register(program)))
+  audio = synth.render(events, program, False, 0, end + _RELEASE_SECONDS)
   return _normalise(audio, f"program {program}")
 
 

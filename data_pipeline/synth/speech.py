@@ -25,6 +25,7 @@ _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _PARAM_RATE, _PARAM_PITCH, _PARAM_RANGE = 1, 3, 4
 _PARAM_VOLUME = 2
+_RAND_SEED = 12345
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +178,8 @@ class _Engine:
     lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
                                  ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
     lib.espeak_Synth.restype = ctypes.c_int
+    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+    lib.espeak_ng_SetRandSeed.restype = None
     rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path.encode(), 0)
     if rate <= 0:
       raise RuntimeError(f"espeak_Initialize failed (returned {rate}) with data at {self.data_path}")
@@ -190,6 +193,8 @@ class _Engine:
     self.lib = lib
     variant_dir = os.path.join(self.data_path, "voices", "!v")
     self.variants = frozenset(os.listdir(variant_dir))
+    self.voices = frozenset(name.lower() for _, _, files in os.walk(os.path.join(self.data_path, "lang"))
+                            for name in files)
 
   def _collect(self, wav, num_samples, events):
     del events
@@ -198,16 +203,66 @@ class _Engine:
     return 0  # 0: continue synthesis.
 
   def synthesize(self, speaker: Speaker, text: str) -> np.ndarray:
-    """-> int16 samples at `native_rate`."""
+    """-> int16 samples at `native_rate`, the same for the same arguments whatever was spoken before.
+
+    eSpeak carries state from one utterance to the next (wave phase, pitch flutter, noise generators; even
+    espeak_Terminate + espeak_Initialize and espeak_ng_SetRandSeed do not reset it all), so an utterance
+    synthesised in-process depends on the ones before it. Each utterance is therefore synthesised in a
+    forked child of this process, whose eSpeak never spoke: every child starts from the same state. The
+    fork costs ~10 ms of CPU. Without `os.fork` (Windows) speech is synthesised in-process and the world is
+    not bit-reproducible.
+    """
+    if not hasattr(os, "fork"):
+      return self._synthesize_here(speaker, text)
+    self._validate(speaker)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # Child: speak, send b"\0" + PCM or b"\1" + error, and leave without any cleanup.
+      status = 1
+      try:
+        os.close(read_fd)
+        try:
+          payload = b"\0" + self._synthesize_here(speaker, text).astype("<i2").tobytes()
+        except Exception as e:  # Reported to the parent, which raises it.
+          payload = b"\1" + f"{type(e).__name__}: {e}".encode()
+        view = memoryview(payload)
+        while view:
+          view = view[os.write(write_fd, view):]
+        status = 0
+      finally:
+        os._exit(status)
+    os.close(write_fd)
+    chunks = []
+    with os.fdopen(read_fd, "rb") as pipe:
+      while chunk := pipe.read(1 << 16):
+        chunks.append(chunk)
+    _, wait_status = os.waitpid(pid, 0)
+    data = b"".join(chunks)
+    if os.waitstatus_to_exitcode(wait_status) != 0 or not data:
+      raise RuntimeError(f"eSpeak child process failed (wait status {wait_status}) for {speaker.name} "
+                         f"saying {text!r}")
+    if data[:1] == b"\1":
+      raise RuntimeError(f"eSpeak failed for {speaker.name} saying {text!r}: {data[1:].decode()}")
+    return np.frombuffer(data[1:], "<i2").astype(np.int16)
+
+  def _validate(self, speaker: Speaker):
+    if speaker.voice.lower() not in self.voices:
+      raise ValueError(f"speaker.voice={speaker.voice!r} is not an eSpeak voice in {self.data_path}/lang")
     if speaker.variant not in self.variants:
       # eSpeak silently ignores an unknown variant, which would merge two "different" speakers.
       raise ValueError(f"speaker.variant={speaker.variant!r} is not an eSpeak variant in {self.data_path}")
+
+  def _synthesize_here(self, speaker: Speaker, text: str) -> np.ndarray:
+    """-> int16 samples at `native_rate`, synthesised in this process."""
+    self._validate(speaker)
     status = self.lib.espeak_SetVoiceByName(f"{speaker.voice}+{speaker.variant}".encode())
     if status != 0:
       raise ValueError(f"speaker.voice={speaker.voice!r}: eSpeak cannot load it (error {status})")
     for param, value in ((_PARAM_RATE, speaker.rate), (_PARAM_PITCH, speaker.pitch),
                          (_PARAM_RANGE, speaker.pitch_range), (_PARAM_VOLUME, 100)):
       self.lib.espeak_SetParameter(param, int(value), 0)
+    # eSpeak's noise generator (breath, frication, Klatt voices) is seeded from the clock at start-up.
+    self.lib.espeak_ng_SetRandSeed(_RAND_SEED)
     self._chunks = []
     data = text.encode("utf-8") + b"\0"
     status = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)

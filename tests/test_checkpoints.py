@@ -1,0 +1,68 @@
+"""avcl.checkpoints: restore_model for evaluation and its errors."""
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from avcl import checkpoints
+from avcl import train
+from configs import test_tiny
+from tests import test_train
+from tests import tiny_data
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  config = test_tiny.get_config()
+  config.train.num_steps = 2
+  work = tmp_path_factory.mktemp("run")
+  train.train(config, str(work), batches=(tiny_data.global_batch(s, config) for s in range(2)))
+  return work, config
+
+
+def test_restore_model_returns_the_trained_state(trained):
+  work, config = trained
+  model, restored_config, step = checkpoints.restore_model(str(work))
+  assert step == 2
+  assert restored_config.model.video.blocks == tuple(config.model.video.blocks)
+  state = test_train._restore_all(str(work), 2, config)[0]  # pylint: disable=protected-access
+  got = jax.device_get(nnx.to_pure_dict(nnx.state(model)))
+  test_train._assert_trees_close(state["model"], got, rtol=0, what="restore_model")  # pylint: disable=protected-access
+  # The restored model runs: audio embeddings of the right size.
+  batch = tiny_data.global_batch(0, config)
+  from avcl import frontend  # pylint: disable=g-import-not-at-top
+  logmel = frontend.from_config(config.audio)(batch["audio"][:4])
+  emb = model({"logmel": logmel}, train=False)["logmel"]
+  assert emb.shape == (4, config.model.embed_dim)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(emb), axis=-1), 1.0, rtol=1e-5)
+  assert checkpoints.restore_model(str(work), step=2)[2] == 2
+
+
+def test_restore_model_errors(tmp_path, trained):
+  with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
+    checkpoints.restore_model(str(tmp_path / "nowhere"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(checkpoints.CheckpointError, match="no config.json"):
+    checkpoints.restore_model(str(tmp_path / "empty"))
+  checkpoints.write_config(tmp_path / "empty", test_tiny.get_config())
+  with pytest.raises(checkpoints.CheckpointError, match="no checkpoints in"):
+    checkpoints.restore_model(str(tmp_path / "empty"))
+  work, _ = trained
+  with pytest.raises(checkpoints.CheckpointError, match=r"checkpoint step 7 not in .*available steps: \[2\]"):
+    checkpoints.restore_model(str(work), step=7)
+
+
+def test_restore_model_names_mismatched_parameter_shapes(tmp_path, trained):
+  work, config = trained
+  # A copy of the run whose config.json claims a wider embedding than the checkpoint was trained with.
+  import shutil  # pylint: disable=g-import-not-at-top
+  copy = tmp_path / "copy"
+  shutil.copytree(work, copy)
+  config = test_tiny.get_config()
+  config.model.embed_dim = 12
+  checkpoints.write_config(copy, config)
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    checkpoints.restore_model(str(copy))
+  message = str(e.value)
+  assert "does not match the config's architecture" in message
+  assert "model/heads/logmel/" in message and "(8,)" in message and "(12,)" in message, message

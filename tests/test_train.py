@@ -1,0 +1,288 @@
+"""Training: sharding invariance of the step, resume (exact), SIGTERM save, NaN stop, config validation.
+
+Tiny config (configs/test_tiny.py) and in-memory batches; XLA's persistent compilation cache (per test
+session) lets repeated compiles of the same step hit the cache.
+"""
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from avcl import checkpoints
+from avcl import config_validation
+from avcl import optim
+from avcl import sharding
+from avcl import train
+from configs import default as default_config
+from configs import test_tiny
+from tests import tiny_data
+
+# Faster compiles for the step functions tests jit themselves (the values differ only by float rounding).
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  yield
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
+def _batches(config, start=0):
+  step = start
+  while True:
+    yield tiny_data.global_batch(step, config)
+    step += 1
+
+
+def _leaves_with_paths(tree):
+  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _assert_trees_close(a, b, *, rtol, what):
+  la, lb = _leaves_with_paths(a), _leaves_with_paths(b)
+  assert la.keys() == lb.keys(), what
+  for k in la:
+    x, y = la[k], lb[k]
+    # rtol relative to the leaf's scale: near-zero entries of a leaf only carry summation-order noise.
+    atol = rtol * max(float(np.max(np.abs(x))), 1e-30) if x.size else 0.0
+    if k.endswith("['mean']"):
+      # BatchNorm running means: a batch mean of O(1) activations that cancel to ~1e-3, times
+      # (1 - momentum). Summing ~10^4 float32 values in another order moves it by ~1e-9 absolute, which can
+      # exceed 1e-5 of the (tiny) result; the comparison is on the scale of the summands instead.
+      atol = max(atol, 1e-7)
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=f"{what}: {k}")
+
+
+# -------------------------------------------------------------------------------------------------------
+# Sharding invariance.
+# -------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_step_is_sharding_invariant():
+  """Same global batch on meshes of 1, 2 and 8 devices: same loss, gradients, updated parameters."""
+  config = test_tiny.get_config()
+  config.augment.mix.partner = "global"  # The same partners whatever the mesh.
+  config.optim.warmup_steps = 0  # The first step moves the parameters at the peak rate.
+  batch = tiny_data.global_batch(0, config)
+  results = {}
+  for n in (1, 2, 8):
+    mesh = sharding.make_mesh(jax.devices()[:n])
+    trainer = train.make_trainer(config, mesh)
+    step = jax.jit(train.make_step_fn(config, trainer.graphdef, trainer.tx, trainer.schedule, mesh,
+                                      return_grads=True), compiler_options=FAST)
+    state = trainer.init()
+    init_model = jax.device_get(state["model"])
+    new_state, metrics, grads = step(state, sharding.global_batch_from_local(batch, mesh))
+    results[n] = jax.device_get((init_model, metrics, grads, new_state))
+  for n in (2, 8):
+    init_1, metrics_1, grads_1, state_1 = results[1]
+    init_n, metrics_n, grads_n, state_n = results[n]
+    _assert_trees_close(init_1, init_n, rtol=0, what=f"initial parameters, 1 vs {n} devices")
+    np.testing.assert_allclose(metrics_n["loss"], metrics_1["loss"], rtol=1e-5)
+    for k in metrics_1:
+      np.testing.assert_allclose(metrics_n[k], metrics_1[k], rtol=1e-5, err_msg=k)
+    _assert_trees_close(grads_1, grads_n, rtol=1e-5, what=f"gradients, 1 vs {n} devices")
+    _assert_trees_close(state_1["model"], state_n["model"], rtol=1e-5, what=f"updated model, 1 vs {n}")
+    _assert_trees_close(state_1["opt_state"], state_n["opt_state"], rtol=1e-5, what=f"opt state, 1 vs {n}")
+  # The step did something: parameters moved and the loss is a real contrastive loss.
+  assert 0 < results[1][1]["loss"] < 2 * math.log(config.train.global_batch_size)
+  moved = [np.max(np.abs(a - b)) for a, b in zip(jax.tree.leaves(results[1][0]),
+                                                 jax.tree.leaves(results[1][3]["model"]))]
+  assert max(moved) > 0
+
+
+def test_global_batch_from_local_places_rows_in_order():
+  mesh = sharding.make_mesh()
+  x = np.arange(16 * 3, dtype=np.float32).reshape(16, 3)
+  g = sharding.global_batch_from_local({"x": x}, mesh)["x"]
+  assert g.sharding.spec == jax.sharding.PartitionSpec("data")
+  for shard in g.addressable_shards:
+    np.testing.assert_array_equal(np.asarray(shard.data), x[shard.index])
+  with pytest.raises(ValueError, match=r"train.global_batch_size=30 must be a positive multiple of the 8"):
+    sharding.local_batch_size(30, mesh)
+  assert sharding.local_batch_size(32, mesh) == 32
+
+
+# -------------------------------------------------------------------------------------------------------
+# Optimizer.
+# -------------------------------------------------------------------------------------------------------
+def test_schedule_and_decay_mask():
+  cfg = default_config.get_config().optim
+  cfg.learning_rate, cfg.warmup_steps, cfg.end_learning_rate_fraction = 1.0, 4, 0.1
+  lr = optim.learning_rate_schedule(cfg, num_steps=12)
+  got = np.array([float(lr(s)) for s in range(13)])
+  warm = np.array([0.25, 0.5, 0.75, 1.0])
+  progress = np.arange(0, 9) / 8
+  cosine = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress))
+  np.testing.assert_allclose(got, np.concatenate([warm, cosine]), rtol=1e-6)
+  params = {"conv": {"kernel": np.zeros((3, 3, 4, 8)), "bias": np.zeros(8)}, "bn": {"scale": np.ones(8)},
+            "log_inv_temperature": np.zeros(()), "head": {"kernel": np.zeros((8, 8))}}
+  assert optim.decay_mask(params) == {"conv": {"kernel": True, "bias": False}, "bn": {"scale": False},
+                                      "log_inv_temperature": False, "head": {"kernel": True}}
+
+
+@pytest.mark.parametrize("name", ["adamw", "lars"])
+def test_weight_decay_skips_biases_and_norms(name):
+  """With zero gradients only the decay acts: kernels shrink, biases and scales stay put."""
+  cfg = default_config.get_config().optim
+  cfg.name, cfg.warmup_steps, cfg.weight_decay, cfg.learning_rate = name, 0, 0.1, 0.5
+  tx, _ = optim.make_optimizer(cfg, num_steps=10)
+  params = {"kernel": np.full((4, 4), 2.0, np.float32), "bias": np.full((4,), 2.0, np.float32),
+            "scale": np.full((4,), 2.0, np.float32)}
+  grads = jax.tree.map(np.zeros_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert np.all(np.asarray(updates["kernel"]) < 0)
+  assert np.all(np.asarray(updates["bias"]) == 0) and np.all(np.asarray(updates["scale"]) == 0)
+
+
+# -------------------------------------------------------------------------------------------------------
+# Config validation.
+# -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("field,value,message", [
+    ("train.global_batch_size", 30, "train.global_batch_size=30 must be a positive multiple of the 8 devices"),
+    ("augment.mix.max_weight", 0.7, "augment.mix.max_weight=0.7 must be a finite number in [0, 0.5]"),
+    ("model.logmel.name", "vgg", "model.logmel.name='vgg' must be one of 'cnn14', 'resnet', ''"),
+    ("audio.fmax", 9000.0, "audio.fmax=9000.0 must be a finite number in (0, 8000.0]"),
+    ("optim.warmup_steps", 600, "optim.warmup_steps=600 must be an integer in [0, 599]"),
+    ("loss.impl", "fancy", "loss.impl='fancy' must be one of 'plain', 'tiled', 'ring'"),
+    ("optim.name", "sgd", "optim.name='sgd' must be one of 'adamw', 'lars'"),
+    ("data.frame_size", 4, "data.frame_size=4 must be an integer in [8, 1024]"),
+])
+def test_invalid_field_is_named(field, value, message):
+  config = default_config.get_config()
+  node = config
+  *parents, leaf = field.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(config_validation.ConfigError) as e:
+    config_validation.validate_config(config, num_devices=8)
+  assert message in str(e.value)
+
+
+def test_pair_needing_an_absent_encoder_is_rejected():
+  config = default_config.get_config()
+  config.loss.pairs.wave_video = 1.0  # model.wave.name is "" in the default config.
+  with pytest.raises(config_validation.ConfigError, match=r"loss.pairs.wave_video=1.0 must be 0 because "
+                     r"model.wave.name is not set"):
+    config_validation.validate_config(config)
+  config = default_config.get_config()
+  config.model.video.name = ""
+  with pytest.raises(config_validation.ConfigError, match=r"loss.pairs.logmel_video"):
+    config_validation.validate_config(config)
+
+
+def test_default_configs_are_valid():
+  config_validation.validate_config(default_config.get_config(), num_devices=8)
+  config_validation.validate_config(test_tiny.get_config(), num_devices=8)
+  from configs import paper_audioset  # pylint: disable=g-import-not-at-top
+  config_validation.validate_config(paper_audioset.get_config(), num_devices=256)
+
+
+def test_invalid_config_fails_before_anything_is_built(tmp_path, monkeypatch):
+  config = test_tiny.get_config()
+  config.augment.mix.max_weight = 0.7
+  config.train.num_steps = 0
+  def no_compile(*a, **k):
+    raise AssertionError("make_trainer was reached with an invalid config")
+  monkeypatch.setattr(train, "make_trainer", no_compile)
+  with pytest.raises(config_validation.ConfigError) as e:
+    train.train(config, str(tmp_path / "w"), batches=_batches(config))
+  assert "augment.mix.max_weight=0.7" in str(e.value) and "train.num_steps=0" in str(e.value)
+  assert not (tmp_path / "w").exists()
+
+
+# -------------------------------------------------------------------------------------------------------
+# Resume, SIGTERM, NaN.
+# -------------------------------------------------------------------------------------------------------
+class _SigtermAfter:
+  """Batches of `config`; sends this process SIGTERM while producing the batch of step `at` (0-based)."""
+
+  def __init__(self, config, at):
+    self.config, self.at, self.step = config, at, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self.step == self.at:
+      os.kill(os.getpid(), 15)
+    b = tiny_data.global_batch(self.step, self.config)
+    self.step += 1
+    return b
+
+
+def _restore_all(workdir, step, config):
+  mesh = sharding.make_mesh()
+  trainer = train.make_trainer(config, mesh)
+  manager = checkpoints.make_manager(workdir, read_only=True)
+  try:
+    return jax.device_get(checkpoints.restore(manager, step, trainer.abstract_state)), manager.all_steps()
+  finally:
+    manager.close()
+
+
+def test_sigterm_saves_and_resume_continues_exactly(tmp_path):
+  """A run stopped by SIGTERM saves at the step it reached; the resumed run ends in the same state as an
+  uninterrupted run over the same batches (step count, parameters and optimizer state continue)."""
+  config = test_tiny.get_config()
+  config.train.checkpoint_every = 100  # Only the SIGTERM save and the final save.
+  config.train.num_steps = 5
+  ref = train.train(config, str(tmp_path / "ref"), batches=_batches(config))
+  assert ref["status"] == "done" and ref["step"] == 5
+
+  work = str(tmp_path / "run")
+  first = train.train(config, work, batches=_SigtermAfter(config, at=2))
+  assert first["status"] == "preempted"
+  stopped = first["step"]
+  assert stopped == 3  # SIGTERM arrived while fetching step 3's batch; step 3 finished, then saved.
+  assert checkpoints.make_manager(work, read_only=True).all_steps() == [stopped]
+  second = train.train(config, work, batches=_batches(config, start=stopped))
+  assert second["status"] == "done" and second["step"] == 5
+  # The resumed run logged only its own steps.
+  assert [s for s, _ in second["history"]] == [4, 5]
+
+  resumed, steps = _restore_all(work, 5, config)
+  assert steps == [stopped, 5]
+  reference, _ = _restore_all(str(tmp_path / "ref"), 5, config)
+  assert int(resumed["step"]) == 5
+  _assert_trees_close(reference, resumed, rtol=1e-6, what="resumed vs uninterrupted run")
+  # Adam's step count continued from the checkpoint instead of restarting.
+  counts = [int(x) for x in jax.tree.leaves(resumed["opt_state"]) if np.ndim(x) == 0]
+  assert counts and all(c == 5 for c in counts)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
+  config = test_tiny.get_config()
+  config.train.num_steps = 8
+  config.train.checkpoint_every = 2
+
+  def batches():
+    for step in range(100):
+      b = tiny_data.global_batch(step, config)
+      if step == 4:  # The 5th update (checkpoint numbering: step 5) sees NaN audio.
+        b["audio"][3, 100] = np.nan
+      yield b
+
+  work = str(tmp_path / "nan")
+  with pytest.raises(train.NonFiniteLossError, match=r"non-finite loss=nan, grad_norm=nan at step 5: stopping; the last good checkpoint "
+                     r"is step 4"):
+    train.train(config, work, batches=batches())
+  state, steps = _restore_all(work, 4, config)
+  assert steps == [2, 4]  # Nothing at or after the NaN step was written.
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
+
+
+def multiprocess_config(num_steps: int):
+  """Tiny config for the multi-process agreement test (shared with tests/mp_train_worker.py)."""
+  config = test_tiny.get_config()
+  config.augment.mix.partner = "global"  # The same partners whatever the process/device layout.
+  config.train.num_steps = num_steps
+  config.train.log_every = 1  # Every step's loss is compared.
+  config.train.checkpoint_every = num_steps
+  return config
