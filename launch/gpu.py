@@ -95,7 +95,7 @@ def detect_gpus() -> int:
   return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
-def parse_gpus(gpus: str | None, num_gpus: int | None, detect=detect_gpus) -> list[int]:
+def parse_gpus(gpus: str | None, num_gpus: int | None, detect=None) -> list[int]:
   if gpus:
     if not re.fullmatch(r"\d+(,\d+)*", gpus):
       raise ValueError(f"--gpus {gpus!r}: expected a comma list of GPU indices like 0,1,2,3")
@@ -103,7 +103,7 @@ def parse_gpus(gpus: str | None, num_gpus: int | None, detect=detect_gpus) -> li
     if len(set(ids)) != len(ids):
       raise ValueError(f"--gpus {gpus!r}: a GPU is listed twice")
     return ids
-  n = num_gpus if num_gpus is not None else detect()
+  n = num_gpus if num_gpus is not None else (detect or detect_gpus)()
   if n < 1:
     raise ValueError("no GPU found by nvidia-smi: pass --num-gpus N or --gpus 0,1,...")
   return list(range(n))

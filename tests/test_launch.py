@@ -495,6 +495,30 @@ def test_group_passes_on_the_launchers_sigterm(tmp_path):
       os.kill(pid, 0)
 
 
+def _doc_commands():
+  """Every `python -m launch.*` command in docs/launch.md, continuation lines joined."""
+  text = open(os.path.join(REPO, "docs", "launch.md")).read().replace("\\\n", " ")
+  return [shlex.split(l.strip(), comments=True) for l in text.splitlines()
+          if l.strip().startswith("python -m launch.")]
+
+
+def test_docs_commands_dry_run(monkeypatch, capsys, no_subprocess):
+  """The launch commands the docs show parse and dry-run (no gcloud, no GPU needed)."""
+  monkeypatch.setattr(gpu, "detect_gpus", lambda: 4)
+  modules = {"launch.tpu": tpu, "launch.gpu": gpu, "launch.local": local, "launch.sweep": sweep}
+  commands = _doc_commands()
+  assert {c[2] for c in commands} == set(modules)
+  ran = 0
+  for c in commands:
+    if "--summary-only" in c:  # Reads results, nothing to dry-run.
+      continue
+    args = c[3:] + ([] if "--dry-run" in c else ["--dry-run"])
+    assert modules[c[2]].main(args) in (0, None), c
+    ran += 1
+  out = capsys.readouterr().out
+  assert ran >= 10 and "queued-resources create avcl-v4" in out and "--accelerator-type=v4-128" in out
+
+
 # ---- the real thing: several processes training (slow) --------------------------------------------------
 
 TINY = "configs/sweeps/tiny.py"
