@@ -526,7 +526,12 @@ TINY = "configs/sweeps/tiny.py"
 
 @pytest.fixture(scope="session")
 def jax_cache(tmp_path_factory):
-  """A persistent compilation cache shared by the slow tests' processes: later runs skip most compiles."""
+  """A persistent compilation cache for the single-process runs of the slow tests.
+
+  Not for multi-process runs: JAX writes cache entries from process 0 only, so on a rerun one process
+  may load the step while the other compiles it, and gloo gives up (after a fixed 30 s) waiting at the
+  step's first collective (seen here: "Gloo context initialization failed: DEADLINE_EXCEEDED").
+  """
   return str(tmp_path_factory.mktemp("jax_cache"))
 
 
@@ -556,10 +561,10 @@ def _run_driver(workdir, losses_out, *, num_processes, devices_per_process, over
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_processes_match_one_and_resume_on_the_same_step(tmp_path, monkeypatch, jax_cache):
+def test_two_processes_match_one_and_resume_on_the_same_step(tmp_path, monkeypatch):
   """2 processes x 2 devices vs 1 process x 4 devices, on identical global batches: the same losses, also
   after the 2-process run stops at a checkpoint and resumes (each process reports the step it resumed at)."""
-  for k, v in _cpu_env(jax_cache).items():
+  for k, v in _cpu_env().items():
     monkeypatch.setenv(k, v)
   base = {"train.global_batch_size": 8, "train.checkpoint_every": 2, "train.log_every": 1}
   two, one = str(tmp_path / "two"), str(tmp_path / "one")
@@ -596,7 +601,7 @@ def _world_args(world):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_local_launcher_killed_then_resumed(tiny_world, tmp_path, jax_cache):
+def test_local_launcher_killed_then_resumed(tiny_world, tmp_path):
   """`launch.local` with 2 processes on the real data path: one process is killed (SIGKILL, as a host dies);
   the launcher stops the other and fails; the same command resumes from the newest checkpoint and finishes."""
   workdir = tmp_path / "w"
@@ -606,7 +611,7 @@ def test_local_launcher_killed_then_resumed(tiny_world, tmp_path, jax_cache):
           "--override", "train.global_batch_size=8", "--override", "train.checkpoint_every=2",
           "--override", "train.log_every=1"]
   launcher = subprocess.Popen([*args, "--override", "train.num_steps=100000", "--log-dir", str(tmp_path / "l1")],
-                              env=_cpu_env(jax_cache), cwd=REPO, stderr=subprocess.PIPE, text=True)
+                              env=_cpu_env(), cwd=REPO, stderr=subprocess.PIPE, text=True)
   try:
     pids = {}
     while len(pids) < 2:
@@ -631,7 +636,7 @@ def test_local_launcher_killed_then_resumed(tiny_world, tmp_path, jax_cache):
 
   k = max(int(d) for d in os.listdir(ckpt) if d.isdigit())
   r = subprocess.run([*args, "--override", f"train.num_steps={k + 2}", "--log-dir", str(tmp_path / "l2")],
-                     env=_cpu_env(jax_cache), cwd=REPO, capture_output=True, text=True, timeout=900)
+                     env=_cpu_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
   log0 = (tmp_path / "l2" / "process_0.log").read_text()
   assert r.returncode == 0, log0[-3000:] + (tmp_path / "l2" / "process_1.log").read_text()[-3000:]
   assert f"from checkpoint step {k}" in log0
