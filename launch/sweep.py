@@ -83,6 +83,19 @@ def read_results(workdir: str) -> dict | None:
   return None if text is None else json.loads(text)
 
 
+def read_scalars(workdir: str, tag: str) -> list[tuple[int, float]]:
+  """(step, value) of every scalar `tag` in the TensorBoard events directly in `workdir` (process 0's)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  out = []
+  for path in sorted(tf.io.gfile.glob(join_path(workdir, "events.out.tfevents.*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        if v.tag == tag:  # tf.summary.scalar (TF2) stores a tensor; older writers a simple_value.
+          value = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
+          out.append((int(event.step), value))
+  return out
+
+
 def read_run_info(workdir: str) -> dict:
   """What the sweep launcher recorded about a run it made (`sweep_run.json`): wall time, exit status."""
   text = _read_text(join_path(workdir, RUN_INFO))
@@ -109,6 +122,9 @@ def summarise(sweep: Sequence[dict], names: Sequence[str], root: str, score: str
         row[k] = info[k]
     if info.get("exit_status", 0) != 0:
       row["status"] = "failed"
+    speeds = [v for _, v in read_scalars(join_path(root, name), "clips_per_s")] if res is not None else []
+    if speeds:  # Training throughput (compilation excluded), the mean of the logged values.
+      row["clips_per_s"] = sum(speeds) / len(speeds)
     if res is not None:
       row["status"] = "done"
       row["checkpoint_step"] = res.get("checkpoint_step")
@@ -123,10 +139,12 @@ def summarise(sweep: Sequence[dict], names: Sequence[str], root: str, score: str
   for row in runs:
     point = {k: v for k, v in row["overrides"].items() if k != "seed"}
     key = json.dumps(point, sort_keys=True, default=str)
-    g = groups.setdefault(key, {"overrides": point, "seeds": [], "runs": [], "scores": {}})
+    g = groups.setdefault(key, {"overrides": point, "seeds": [], "runs": [], "scores": {}, "speeds": []})
     g["runs"].append(row["name"])
     if row["status"] == "done":
       g["seeds"].append(row["overrides"].get("seed"))
+      if "clips_per_s" in row:
+        g["speeds"].append(row["clips_per_s"])
       for task, s in row["scores"].items():
         g["scores"].setdefault(task, []).append(s)
   grouped = []
@@ -134,6 +152,8 @@ def summarise(sweep: Sequence[dict], names: Sequence[str], root: str, score: str
     g["mean"], g["std"] = {}, {}
     for task, xs in g["scores"].items():
       g["mean"][task], g["std"][task] = _mean_std(xs)
+    if g["speeds"]:
+      g["clips_per_s"] = _mean_std(g["speeds"])[0]
     grouped.append(g)
   return {"score": score, "tasks": tasks, "runs": runs, "grouped": grouped}
 
@@ -141,17 +161,20 @@ def summarise(sweep: Sequence[dict], names: Sequence[str], root: str, score: str
 def format_table(summary: dict) -> str:
   """Markdown: one row per run, then (when seeds repeat) one row per point with mean ± std (n)."""
   tasks = summary["tasks"]
-  lines = [f"| run | status | step | wall s | {' | '.join(tasks)} |", "|" + " --- |" * (4 + len(tasks))]
+  def speed(x):
+    return f"{x['clips_per_s']:.1f}" if "clips_per_s" in x else "-"
+
+  lines = [f"| run | status | step | wall s | clips/s | {' | '.join(tasks)} |", "|" + " --- |" * (5 + len(tasks))]
   for r in summary["runs"]:
     cells = [f"{r['scores'][t]:.3f}" if t in r["scores"] else "-" for t in tasks]
     lines.append(f"| {r['name']} | {r['status']} | {r.get('checkpoint_step', '-')} | {r.get('wall_s', '-')} | "
-                 f"{' | '.join(cells)} |")
+                 f"{speed(r)} | {' | '.join(cells)} |")
   if any(len(g["runs"]) > 1 for g in summary["grouped"]):
-    lines += ["", f"| point (over seeds) | n | {' | '.join(tasks)} |", "|" + " --- |" * (2 + len(tasks))]
+    lines += ["", f"| point (over seeds) | n | clips/s | {' | '.join(tasks)} |", "|" + " --- |" * (3 + len(tasks))]
     for g in summary["grouped"]:
       point = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in g["overrides"].items()) or "base"
       cells = [f"{g['mean'][t]:.3f} ± {g['std'][t]:.3f}" if t in g["mean"] else "-" for t in tasks]
-      lines.append(f"| {point} | {len(g['seeds'])} | {' | '.join(cells)} |")
+      lines.append(f"| {point} | {len(g['seeds'])} | {speed(g)} | {' | '.join(cells)} |")
   return "\n".join(lines)
 
 

@@ -476,6 +476,24 @@ def test_summary_means_and_spreads_over_seeds(tmp_path):
   assert f"{scores[:3, 0].mean():.3f} ± {scores[:3, 0].std(ddof=1):.3f}" in table
 
 
+def test_summary_reads_throughput_from_tensorboard(tmp_path):
+  import tensorflow as tf
+  runs = [{"seed": 0}, {"seed": 1}]
+  names = sweep_utils.run_names(runs)
+  for name, speeds in zip(names, [[10.0, 20.0], [30.0]]):
+    _results(tmp_path / name, {"keyword": 0.5})
+    writer = tf.summary.create_file_writer(str(tmp_path / name))
+    with writer.as_default():
+      tf.summary.scalar("loss", 1.0, step=1)
+      for step, v in enumerate(speeds, start=2):
+        tf.summary.scalar("clips_per_s", v, step=step)
+    writer.close()
+  summary = sweep.summarise(runs, names, str(tmp_path))
+  assert [r["clips_per_s"] for r in summary["runs"]] == [15.0, 30.0]
+  assert summary["grouped"][0]["clips_per_s"] == 22.5
+  assert "| seed=0 | done | 4 | - | 15.0 | 0.500 |" in sweep.format_table(summary)
+
+
 def test_group_passes_on_the_launchers_sigterm(tmp_path):
   """Killing the launcher (SIGTERM, as a scheduler does) stops every process it started."""
   code = (f"import sys; from launch import procs; "
@@ -669,5 +687,6 @@ def test_tiny_sweep_end_to_end(tiny_world, tmp_path, jax_cache):
     config = json.loads((root / run["name"] / "config.json").read_text())
     assert config["augment"]["mix"]["enabled"] is mix  # The override reached the run.
   assert "| mix.enabled=false | done | 4 |" in (root / "summary.md").read_text()
+  assert all(run["clips_per_s"] > 0 for run in summary["runs"])  # Read from the runs' TensorBoard events.
   again = subprocess.run(cmd, env=_cpu_env(jax_cache), cwd=REPO, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and again.stdout.count("results exist, skipped") == 2

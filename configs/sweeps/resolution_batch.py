@@ -4,7 +4,8 @@ r"""Study 2: video resolution x batch size (low-resolution video buys a larger b
 
 Video at 16, 32, 64 and 112 px (the embedded world stores 64 px frames, so 112 px is upsampled: it costs
 what 112 px costs, but holds no more detail) crossed with global batch 32, 64 and 128, at equal steps.
-Each run's wall time is in the sweep summary; the trainer's logged clips/s is the throughput figure.
+The sweep summary puts each run's training throughput (clips/s, from its TensorBoard events) beside its
+downstream scores.
 
 Sized for: the embedded world on a 2-core CPU machine; 4 x 3 x 3 = 36 runs.
 Expected (the paper's claim 2): downstream scores change little from 112 to 16-32 px while throughput
