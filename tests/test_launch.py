@@ -424,12 +424,12 @@ def test_av_vs_audio_changes_the_pair_only():
 
 def test_sweep_dry_run_lists_distinct_workdirs(capsys, no_subprocess, tmp_path):
   sweep.main(["--config", "configs/sweeps/resolution_batch.py", "--workdir-root", str(tmp_path / "r"),
-              "--override", "train.num_steps=10", "--dry-run"])
+              "--override", "train.log_every=10", "--dry-run"])
   lines = _lines(capsys)
   workdirs = [next(a for a in shlex.split(l) if a.startswith("--workdir=")) for l in lines if "avcl.main" in l]
   assert len(workdirs) == len(set(workdirs)) == 36
   assert all(w.startswith(f"--workdir={tmp_path}/r/data.frame_size=") for w in workdirs)
-  assert all("--config.train.num_steps=10" in l for l in lines if "avcl.main" in l)
+  assert all("--config.train.log_every=10" in l for l in lines if "avcl.main" in l)
   with pytest.raises(SystemExit):
     sweep.main(["--config", "configs/sweeps/tiny.py", "--override", "augment.mix.enabled=True", "--dry-run"])
   assert "swept by" in capsys.readouterr().err
