@@ -387,7 +387,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   try:
     with jax.transfer_guard("disallow"):
       while step < num_steps:
-        local = next(batches)
+        local = next(batches, None)
+        if local is None:
+          raise RuntimeError(f"the training input ended after {step} steps (train.num_steps={num_steps})")
         batch = sharding.global_batch_from_local(local, mesh)
         state, metrics = trainer.step(state, batch)
         step += 1
