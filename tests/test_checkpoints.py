@@ -13,19 +13,19 @@ from tests import tiny_data
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  config = test_tiny.get_config()
-  config.train.num_steps = 2
+  config = test_tiny.get_config()  # 6 steps, checkpoints at 2, 4, 6.
   work = tmp_path_factory.mktemp("run")
-  train.train(config, str(work), batches=(tiny_data.global_batch(s, config) for s in range(2)))
+  with tiny_data.compilation_cache():
+    train.train(config, str(work), batches=(tiny_data.global_batch(s, config) for s in range(6)))
   return work, config
 
 
 def test_restore_model_returns_the_trained_state(trained):
   work, config = trained
   model, restored_config, step = checkpoints.restore_model(str(work))
-  assert step == 2
+  assert step == 6
   assert restored_config.model.video.blocks == tuple(config.model.video.blocks)
-  state = test_train._restore_all(str(work), 2, config)[0]  # pylint: disable=protected-access
+  state = test_train._restore_all(str(work), 6, config)[0]  # pylint: disable=protected-access
   got = jax.device_get(nnx.to_pure_dict(nnx.state(model)))
   test_train._assert_trees_close(state["model"], got, rtol=0, what="restore_model")  # pylint: disable=protected-access
   # The restored model runs: audio embeddings of the right size.
@@ -35,7 +35,7 @@ def test_restore_model_returns_the_trained_state(trained):
   emb = model({"logmel": logmel}, train=False)["logmel"]
   assert emb.shape == (4, config.model.embed_dim)
   np.testing.assert_allclose(np.linalg.norm(np.asarray(emb), axis=-1), 1.0, rtol=1e-5)
-  assert checkpoints.restore_model(str(work), step=2)[2] == 2
+  assert checkpoints.restore_model(str(work), step=2)[2] == 2  # An older one.
 
 
 def test_restore_model_errors(tmp_path, trained):
@@ -48,7 +48,7 @@ def test_restore_model_errors(tmp_path, trained):
   with pytest.raises(checkpoints.CheckpointError, match="no checkpoints in"):
     checkpoints.restore_model(str(tmp_path / "empty"))
   work, _ = trained
-  with pytest.raises(checkpoints.CheckpointError, match=r"checkpoint step 7 not in .*available steps: \[2\]"):
+  with pytest.raises(checkpoints.CheckpointError, match=r"checkpoint step 7 not in .*available steps: \[2, 4, 6\]"):
     checkpoints.restore_model(str(work), step=7)
 
 

@@ -1,7 +1,7 @@
 """Training: sharding invariance of the step, resume (exact), SIGTERM save, NaN stop, config validation.
 
-Tiny config (configs/test_tiny.py) and in-memory batches; XLA's persistent compilation cache (per test
-session) lets repeated compiles of the same step hit the cache.
+Tiny config (configs/test_tiny.py) and in-memory batches. Tests keep test_tiny's num_steps (the schedule
+is compiled into the step) so that they share one compiled step through XLA's persistent cache.
 """
 import math
 import os
@@ -24,13 +24,9 @@ FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  yield
-  jax.config.update("jax_compilation_cache_dir", old[0])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+def compilation_cache():
+  with tiny_data.compilation_cache():
+    yield
 
 
 def _batches(config, start=0):
@@ -232,9 +228,8 @@ def test_sigterm_saves_and_resume_continues_exactly(tmp_path):
   uninterrupted run over the same batches (step count, parameters and optimizer state continue)."""
   config = test_tiny.get_config()
   config.train.checkpoint_every = 100  # Only the SIGTERM save and the final save.
-  config.train.num_steps = 5
   ref = train.train(config, str(tmp_path / "ref"), batches=_batches(config))
-  assert ref["status"] == "done" and ref["step"] == 5
+  assert ref["status"] == "done" and ref["step"] == 6
 
   work = str(tmp_path / "run")
   first = train.train(config, work, batches=_SigtermAfter(config, at=2))
@@ -243,24 +238,22 @@ def test_sigterm_saves_and_resume_continues_exactly(tmp_path):
   assert stopped == 3  # SIGTERM arrived while fetching step 3's batch; step 3 finished, then saved.
   assert checkpoints.make_manager(work, read_only=True).all_steps() == [stopped]
   second = train.train(config, work, batches=_batches(config, start=stopped))
-  assert second["status"] == "done" and second["step"] == 5
-  # The resumed run logged only its own steps.
-  assert [s for s, _ in second["history"]] == [4, 5]
+  assert second["status"] == "done" and second["step"] == 6
+  # The resumed run logged only its own steps (log_every = 2).
+  assert [s for s, _ in second["history"]] == [4, 6]
 
-  resumed, steps = _restore_all(work, 5, config)
-  assert steps == [stopped, 5]
-  reference, _ = _restore_all(str(tmp_path / "ref"), 5, config)
-  assert int(resumed["step"]) == 5
+  resumed, steps = _restore_all(work, 6, config)
+  assert steps == [stopped, 6]
+  reference, _ = _restore_all(str(tmp_path / "ref"), 6, config)
+  assert int(resumed["step"]) == 6
   _assert_trees_close(reference, resumed, rtol=1e-6, what="resumed vs uninterrupted run")
   # Adam's step count continued from the checkpoint instead of restarting.
   counts = [int(x) for x in jax.tree.leaves(resumed["opt_state"]) if np.ndim(x) == 0]
-  assert counts and all(c == 5 for c in counts)
+  assert counts and all(c == 6 for c in counts)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
-  config = test_tiny.get_config()
-  config.train.num_steps = 8
-  config.train.checkpoint_every = 2
+  config = test_tiny.get_config()  # 6 steps, a checkpoint every 2.
 
   def batches():
     for step in range(100):
@@ -286,3 +279,16 @@ def multiprocess_config(num_steps: int):
   config.train.log_every = 1  # Every step's loss is compared.
   config.train.checkpoint_every = num_steps
   return config
+
+
+def test_learned_temperature_trains_and_is_checkpointed(tmp_path):
+  config = test_tiny.get_config()
+  config.loss.learn_temperature = True
+  config.train.log_every = 1
+  out = train.train(config, str(tmp_path / "t"), batches=_batches(config))
+  temps = [m["temperature"] for _, m in out["history"]]
+  assert temps[0] == pytest.approx(0.1, rel=1e-6)  # Step 1 uses the initial value...
+  assert temps[1] != temps[0]  # ...which the first update moved.
+  state, _ = _restore_all(str(tmp_path / "t"), 6, config)
+  assert np.isfinite(state["log_inv_temperature"]) and np.exp(-float(state["log_inv_temperature"])) != 0.1
+  assert "log_inv_temperature" in state and "log_inv_temperature" in state["opt_state"][0].mu

@@ -1,12 +1,32 @@
 """Tiny synthetic pretraining data for training tests: shards written with the schema writer, and
 in-memory global batches (deterministic per step) for tests that bypass tf.data."""
+import contextlib
 import io
 import os
+import tempfile
 
 import numpy as np
 from PIL import Image
 
 from data_pipeline import schema
+
+# XLA's persistent compilation cache for the training tests: the tiny train step compiles in 20-40 s on a
+# loaded 2-core machine, and most tests compile the very same program (test_tiny's defaults), so later
+# tests and later runs load it instead. JAX keys entries by program, flags and version.
+JAX_CACHE_DIR = os.path.join(tempfile.gettempdir(), f"avcl-test-jax-cache-{os.getuid()}")
+
+
+@contextlib.contextmanager
+def compilation_cache():
+  import jax  # pylint: disable=g-import-not-at-top
+  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", JAX_CACHE_DIR)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  try:
+    yield JAX_CACHE_DIR
+  finally:
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:
