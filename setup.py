@@ -39,6 +39,7 @@ setuptools.setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3", "scikit-learn>=1.4", "ruff>=0.5"],
-        "beam": ["apache-beam>=2.60"],
+        # Beam's TFRecord framing needs a CRC32C implementation; google-crc32c is the fast C one.
+        "beam": ["apache-beam>=2.60", "google-crc32c>=1.5"],
     },
 )

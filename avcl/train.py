@@ -227,7 +227,14 @@ def make_train_batches(config: ml_collections.ConfigDict, local_batch_size: int,
   from data_pipeline import input as input_lib  # pylint: disable=g-import-not-at-top
   from data_pipeline import schema  # pylint: disable=g-import-not-at-top
 
-  files = schema.list_shards(os.path.join(config.data.root, "pretrain"), "train")
+  pretrain = os.path.join(config.data.root, "pretrain")
+  if "://" in pretrain:  # gs:// and other remote roots: list through TensorFlow's file system.
+    tf = schema.import_tf()
+    files = sorted(tf.io.gfile.glob(os.path.join(pretrain, "train-*-of-*.tfrecord")))
+    if not files:
+      raise FileNotFoundError(f"no train-*-of-*.tfrecord shards in {pretrain}")
+  else:
+    files = schema.list_shards(pretrain, "train")
   ds = input_lib.make_dataset(
       files, batch_size=local_batch_size, train=True, clip_seconds=config.data.clip_seconds,
       sample_rate=config.audio.sample_rate, fps=config.data.fps, frame_size=config.data.frame_size,
@@ -387,7 +394,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   try:
     with jax.transfer_guard("disallow"):
       while step < num_steps:
-        local = next(batches)
+        local = next(batches, None)
+        if local is None:
+          raise RuntimeError(f"the training input ended after {step} steps (train.num_steps={num_steps})")
         batch = sharding.global_batch_from_local(local, mesh)
         state, metrics = trainer.step(state, batch)
         step += 1

@@ -9,6 +9,7 @@ contiguous rows) and writes the logged metrics of every step to OUT.json.
 import argparse
 import json
 import os
+import signal
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -24,6 +25,9 @@ def main():
   p.add_argument("--workdir", required=True)
   p.add_argument("--out", required=True)
   p.add_argument("--num_steps", type=int, default=3)
+  p.add_argument("--sigterm_process", type=int, default=-1,
+                 help="this process sends itself SIGTERM while fetching batch --sigterm_step")
+  p.add_argument("--sigterm_step", type=int, default=0)
   args = p.parse_args()
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes,
                              process_id=args.process_id)
@@ -36,13 +40,16 @@ def main():
   def batches():
     step = 0
     while True:
+      if jax.process_index() == args.sigterm_process and step == args.sigterm_step:
+        os.kill(os.getpid(), signal.SIGTERM)  # Only this process is "preempted".
       yield tiny_data.local_slice(tiny_data.global_batch(step, config), jax.process_index(), jax.process_count())
       step += 1
 
   result = train.train(config, args.workdir, batches=batches())
   with open(args.out, "w") as f:
     json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),
-               "devices": jax.device_count(), "step": result["step"], "history": result["history"]}, f)
+               "devices": jax.device_count(), "step": result["step"], "status": result["status"],
+               "history": result["history"]}, f)
   jax.distributed.shutdown()
 
 

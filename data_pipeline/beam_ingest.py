@@ -1,0 +1,291 @@
+r"""The ingest of `data_pipeline.ingest` as an Apache Beam pipeline, for more videos than one machine converts.
+
+    pip install -e '.[beam]'
+    # Locally (DirectRunner, several processes):
+    python -m data_pipeline.beam_ingest --input videos.csv --output /data/audioset \
+        --direct_num_workers 8 --direct_running_mode multi_processing
+    # On Dataflow (any Beam runner flag passes through; workers install avcl from setup.py):
+    python -m data_pipeline.beam_ingest --input audioset_train.csv --output gs://BUCKET/audioset/train \
+        --runner DataflowRunner --project P --region us-central1 --temp_location gs://BUCKET/tmp \
+        --setup_file ./setup.py --max_num_workers 500
+
+The per-video work is `data_pipeline.ingest.convert_job` (so `convert_video`), unchanged; the shard plan
+(input i goes to shard i // --shard-clips, records in input order), the per-shard summaries, the resume
+state and `manifest.json` are those of the local path (`ingest.shard_summary`, `ingest.build_manifest`,
+the same `.ingest/` files and fingerprint), so both paths write the same shards and manifest and either
+can resume the other's output. Flags are the local ingest's (see `python -m data_pipeline.ingest --help`);
+`--strict` cannot stop a distributed run at the first bad input, so it fails the run at the end instead.
+
+Pipeline: the driver reads the input list and writes it as JSON lines to `OUTPUT/.ingest/<split>-jobs.jsonl`
+(so the job list is not baked into the pipeline graph; millions of rows are fine), then
+    ReadFromText(jobs) -> keep pending shards -> Reshuffle (spread videos over workers)
+    -> convert_job -> (shard, (index, result)) -> GroupByKey -> write shard + summary (temp name, rename)
+and finally builds the manifest from the summaries. Output and input paths may be any Beam file system
+(`gs://...` with apache-beam[gcp]); remote videos (CSV rows with `gs://` paths) are copied to a local temp
+file for PyAV. Input folders must be local; list remote videos in a CSV.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Sequence
+
+from data_pipeline import ingest
+from data_pipeline import schema
+
+log = logging.getLogger("data_pipeline.beam_ingest")
+
+
+# ---- file system helpers: Beam's FileSystems, so gs:// (and hdfs://, s3://) work as local paths do ----------
+
+def _is_remote(path: str) -> bool:
+  return "://" in path
+
+
+def _join(base: str, *parts: str) -> str:
+  from apache_beam.io.filesystems import FileSystems
+  return FileSystems.join(base, *parts)
+
+
+def _makedirs(path: str) -> None:
+  if not _is_remote(path):  # Object stores have no folders to make.
+    os.makedirs(path, exist_ok=True)
+
+
+def _exists(path: str) -> bool:
+  from apache_beam.io.filesystems import FileSystems
+  return FileSystems.exists(path)
+
+
+def _read_bytes(path: str) -> bytes:
+  from apache_beam.io.filesystems import FileSystems
+  with FileSystems.open(path, compression_type="uncompressed") as f:
+    return f.read()
+
+
+def _write_atomic(path: str, write) -> None:
+  """Calls `write(file)` on a temporary name next to `path`, then renames it to `path`.
+
+  As in the local path, a crash leaves at most a `*.tmp-*` file, never a partial file under the final name.
+  """
+  from apache_beam.io.filesystems import FileSystems
+  tmp = f"{path}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+  try:
+    with FileSystems.create(tmp, compression_type="uncompressed") as f:
+      write(f)
+    if FileSystems.exists(path):  # GCS renames are copy+delete and refuse to overwrite.
+      FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+  finally:
+    if FileSystems.exists(tmp):
+      FileSystems.delete([tmp])
+
+
+def _write_json(path: str, obj) -> None:
+  data = json.dumps(obj, indent=1).encode("utf-8")
+  _write_atomic(path, lambda f: f.write(data))
+
+
+def write_tfrecords(path: str, records: Sequence[bytes]) -> int:
+  """TFRecord framing (as tf.io.TFRecordWriter writes it) through Beam's file systems; returns the count."""
+  from apache_beam.io.tfrecordio import _TFRecordUtil  # The framing + masked CRC32C Beam's own sink uses.
+
+  def write(f):
+    for r in records:
+      _TFRecordUtil.write_record(f, r)
+  _write_atomic(path, write)
+  return len(records)
+
+
+# ---- the plan (driver side) -----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Plan:
+  jobs_path: str  # JSON lines {"index": i, "job": {...}}.
+  num_inputs: int
+  num_shards: int
+  pending: list[int]  # Shards still to write.
+  shard_paths: list[str]
+  summary_paths: list[str]
+  vocabulary: list[str]
+
+
+def _job_from_dict(d: dict) -> ingest.Job:
+  return ingest.Job(**{**d, "labels": tuple(d["labels"]), "label_index": tuple(d["label_index"])})
+
+
+def make_plan(input_path: str, output: str, *, labels_csv: str | None, options: ingest.Options,
+              shard_clips: int, split: str) -> Plan:
+  """Reads the inputs, checks or writes the resume fingerprint, writes labels.csv and the job list."""
+  options.validate()
+  if shard_clips < 1:
+    raise ValueError(f"shard_clips must be >= 1, got {shard_clips}.")
+  jobs, vocabulary = ingest.read_inputs(input_path, labels_csv)
+  # CSV rows naming remote videos (gs://...) are not relative paths: keep them as written.
+  jobs = [dataclasses.replace(j, path=j.video_id) if _is_remote(j.video_id) else j for j in jobs]
+  num_shards = math.ceil(len(jobs) / shard_clips)
+  state = _join(output, ingest.STATE_DIR)
+  _makedirs(state)
+  # The same fingerprint and plan file as the local path, so either path resumes the other's output.
+  fingerprint = ingest._fingerprint(jobs, options, shard_clips, split)  # pylint: disable=protected-access
+  plan_path = _join(state, "plan.json")
+  if _exists(plan_path):
+    if json.loads(_read_bytes(plan_path))["fingerprint"] != fingerprint:
+      raise ingest.IngestError(f"{output!r} holds an ingest of other inputs or options (see {plan_path}); "
+                               "use a new --output folder or delete that one.")
+  else:
+    _write_json(plan_path, {"fingerprint": fingerprint, "inputs": len(jobs), "shards": num_shards})
+  labels = io.StringIO(newline="")
+  csv.writer(labels).writerows([i, name] for i, name in enumerate(vocabulary))
+  data = labels.getvalue().encode("utf-8")
+  _write_atomic(_join(output, "labels.csv"), lambda f: f.write(data))
+
+  shard_paths = [_join(output, schema.shard_name(split, k, num_shards)) for k in range(num_shards)]
+  summary_paths = [_join(state, f"{split}-{k:05d}.json") for k in range(num_shards)]
+  pending = [k for k in range(num_shards) if not (_exists(shard_paths[k]) and _exists(summary_paths[k]))]
+  jobs_path = _join(state, f"{split}-jobs.jsonl")
+  lines = "".join(json.dumps({"index": i, "job": dataclasses.asdict(j)}) + "\n" for i, j in enumerate(jobs))
+  encoded = lines.encode("utf-8")
+  _write_atomic(jobs_path, lambda f: f.write(encoded))
+  return Plan(jobs_path, len(jobs), num_shards, pending, shard_paths, summary_paths, vocabulary)
+
+
+# ---- the pipeline's steps (worker side) -----------------------------------------------------------------
+
+def convert_remote_or_local(job: ingest.Job, options: ingest.Options) -> dict:
+  """`ingest.convert_job`, after copying a remote video to a local temp file that PyAV can open."""
+  if not _is_remote(job.path):
+    return ingest.convert_job(job, options)
+  from apache_beam.io.filesystems import FileSystems
+  suffix = os.path.splitext(job.path)[1]
+  with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+    try:
+      with FileSystems.open(job.path, compression_type="uncompressed") as src:
+        shutil.copyfileobj(src, tmp)
+      tmp.flush()
+    except Exception as e:  # pylint: disable=broad-except
+      return {"path": job.path, "seconds": 0.0,
+              "skip": ingest.Skip(job.path, "unreadable", f"cannot copy: {type(e).__name__}: {e}").as_dict()}
+    result = ingest.convert_job(dataclasses.replace(job, path=tmp.name), options)
+  result["path"] = job.path  # Report the input as named, not the temp copy.
+  if "skip" in result:
+    result["skip"]["path"] = job.path
+  return result
+
+
+def write_shard(shard: int, items, *, plan: Plan, shard_clips: int) -> int:
+  """All results of one shard -> its TFRecord file (records in input order) and its summary JSON."""
+  results = [r for _, r in sorted(items, key=lambda x: x[0])]
+  expected = min(plan.num_inputs, (shard + 1) * shard_clips) - shard * shard_clips
+  if len(results) != expected:  # A lost or duplicated element would otherwise go unnoticed.
+    raise RuntimeError(f"shard {shard}: got {len(results)} results for {expected} inputs")
+  write_tfrecords(plan.shard_paths[shard], [r["record"] for r in results if "record" in r])
+  _write_json(plan.summary_paths[shard], ingest.shard_summary(results))
+  return shard
+
+
+def build_pipeline(p, plan: Plan, options: ingest.Options, shard_clips: int):
+  import apache_beam as beam
+  from apache_beam.metrics import Metrics
+  pending = frozenset(plan.pending)
+  clips, skipped = Metrics.counter("ingest", "clips"), Metrics.counter("ingest", "skipped")
+
+  def parse(line):
+    d = json.loads(line)
+    return d["index"], _job_from_dict(d["job"])
+
+  def convert(item):
+    i, job = item
+    result = convert_remote_or_local(job, options)
+    if "skip" in result:
+      s = result["skip"]
+      skipped.inc()
+      logging.getLogger("data_pipeline.beam_ingest").warning("Skipped %s: %s (%s)", s["path"], s["reason"],
+                                                             s["detail"])
+    else:
+      clips.inc()
+    return i // shard_clips, (i, result)
+
+  return (p
+          | "ReadJobs" >> beam.io.ReadFromText(plan.jobs_path)
+          | "Parse" >> beam.Map(parse)
+          | "PendingShards" >> beam.Filter(lambda item: item[0] // shard_clips in pending)
+          | "Spread" >> beam.Reshuffle()
+          | "Convert" >> beam.Map(convert)
+          | "ByShard" >> beam.GroupByKey()
+          | "WriteShard" >> beam.MapTuple(lambda k, items: write_shard(k, items, plan=plan,
+                                                                        shard_clips=shard_clips)))
+
+
+def run(input_path: str, output: str, *, labels_csv: str | None = None, options: ingest.Options = ingest.Options(),
+        shard_clips: int = 256, split: str = "train", strict: bool = False,
+        pipeline_args: Sequence[str] = ()) -> dict:
+  """Plans, runs the Beam pipeline on the pending shards, writes and returns the manifest."""
+  import apache_beam as beam
+  from apache_beam.options.pipeline_options import PipelineOptions
+  t0 = time.perf_counter()
+  plan = make_plan(input_path, output, labels_csv=labels_csv, options=options, shard_clips=shard_clips,
+                   split=split)
+  if len(plan.pending) < plan.num_shards:
+    log.info("Resuming: %d of %d shards already written.", plan.num_shards - len(plan.pending), plan.num_shards)
+  if plan.pending:
+    args = list(pipeline_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+      args.append("--runner=DirectRunner")
+    with beam.Pipeline(options=PipelineOptions(args)) as p:
+      build_pipeline(p, plan, options, shard_clips)
+  summaries = [json.loads(_read_bytes(s)) for s in plan.summary_paths]
+  manifest = ingest.build_manifest(summaries, num_inputs=plan.num_inputs, options=options, split=split,
+                                   shards=plan.shard_paths, vocabulary=plan.vocabulary,
+                                   elapsed_s=time.perf_counter() - t0)
+  _write_json(_join(output, "manifest.json"), manifest)
+  if strict and manifest["skipped"]:
+    first = manifest["skipped"][0]
+    raise ingest.IngestError(f"--strict: {manifest['skipped_count']} inputs skipped, first {first['path']}: "
+                             f"{first['reason']} ({first['detail']})")
+  return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m data_pipeline.beam_ingest", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog="Unrecognised flags are Beam pipeline options (--runner, --project, ...).")
+  p.add_argument("--input", required=True, help="Folder of videos (local, recursive) or CSV path[,start_s,end_s,labels].")
+  p.add_argument("--output", required=True, help="Output folder (local or gs://) for shards and manifest.json.")
+  p.add_argument("--labels", default=None, help="Label vocabulary CSV: name, or index,name[,alias...] rows.")
+  p.add_argument("--strict", action="store_true", help="Fail the run (at the end) if any input was skipped.")
+  p.add_argument("--sample-rate", type=int, default=16000, help="Stored audio rate, Hz.")
+  p.add_argument("--fps", type=float, default=10.0, help="Stored frames per second.")
+  p.add_argument("--size", type=int, default=64, help="Stored frames are SIZE x SIZE (centre crop).")
+  p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of stored frames.")
+  p.add_argument("--shard-clips", type=int, default=256, help="Inputs per shard.")
+  p.add_argument("--split", default="train", help="Split name in the shard file names.")
+  p.add_argument("--skip-silent", action="store_true", help="Skip silent clips (default: keep and count).")
+  args, pipeline_args = p.parse_known_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  options = ingest.Options(sample_rate=args.sample_rate, fps=args.fps, size=args.size,
+                           jpeg_quality=args.jpeg_quality, skip_silent=args.skip_silent)
+  try:
+    m = run(args.input, args.output, labels_csv=args.labels, options=options, shard_clips=args.shard_clips,
+            split=args.split, strict=args.strict, pipeline_args=pipeline_args)
+  except (ingest.IngestError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"{m['clips']} clips ({m['total_duration_s']:.1f} s, {m['silent_clips']} silent) from {m['inputs']} "
+        f"inputs in {len(m['shards'])} shards; skipped {m['skipped_count']} {m['skipped_by_reason']}; "
+        f"{_join(args.output, 'manifest.json')}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,72 @@
+"""avcl.main: distributed detection, world generation guard, and a bad override failing fast."""
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from absl import app
+
+from avcl import main as main_lib
+from configs import test_tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def calls(monkeypatch):
+  got = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: got.append(kw))
+  for var in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    monkeypatch.delenv(var, raising=False)
+  return got
+
+
+def test_distributed_auto_single_machine_does_not_initialize(calls):
+  assert main_lib.initialize_distributed("auto", None, None, None) is False
+  assert calls == []
+
+
+def test_distributed_auto_detects_tpu_pod_and_explicit_flags(calls, monkeypatch):
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")  # A single-host TPU VM: no cluster.
+  assert main_lib.initialize_distributed("auto", None, None, None) is False
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5")
+  assert main_lib.initialize_distributed("auto", None, None, None) is True
+  assert calls == [{}]  # Auto-detection by jax.distributed itself.
+  monkeypatch.delenv("TPU_WORKER_HOSTNAMES")
+  assert main_lib.initialize_distributed("auto", "127.0.0.1:1234", 2, 1) is True
+  assert calls[-1] == {"coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 1}
+  assert main_lib.initialize_distributed("on", None, None, None) is True and calls[-1] == {}
+  assert main_lib.initialize_distributed("off", None, None, None) is False and len(calls) == 3
+
+
+def test_distributed_flag_errors(calls):
+  with pytest.raises(app.UsageError, match="needs --num_processes and --process_id"):
+    main_lib.initialize_distributed("auto", "127.0.0.1:1234", None, None)
+  with pytest.raises(app.UsageError, match="need --coordinator_address"):
+    main_lib.initialize_distributed("auto", None, 2, 0)
+  with pytest.raises(app.UsageError, match="contradicts"):
+    main_lib.initialize_distributed("off", "127.0.0.1:1234", 2, 0)
+  assert calls == []
+
+
+def test_missing_data_without_generation_is_a_clear_error(tmp_path):
+  config = test_tiny.get_config()
+  config.data.root = str(tmp_path / "nothing")
+  config.data.generate_if_missing = False
+  with pytest.raises(FileNotFoundError, match=r"holds no data .*data.generate_if_missing is False"):
+    main_lib.ensure_world(config)
+
+
+def test_bad_override_fails_before_compiling(tmp_path):
+  work = tmp_path / "w"
+  out = subprocess.run(
+      [sys.executable, "-m", "avcl.main", "--config", os.path.join(REPO, "configs", "test_tiny.py"),
+       "--workdir", str(work), "--config.augment.mix.max_weight=0.7", "--config.train.global_batch_size=30"],
+      env=dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert "augment.mix.max_weight=0.7 must be a finite number in [0, 0.5]" in out.stderr
+  assert "train.global_batch_size=30 must be a positive multiple of the 8 devices" in out.stderr
+  assert "Traceback" not in out.stderr
+  assert not work.exists()
