@@ -446,3 +446,16 @@ def test_batchnorm_on_sharded_batch(groups):
   y = np.asarray(_apply(bn, sharded, train=True), np.float64)
   ref = np.concatenate([(s - s.mean((0, 1))) / np.sqrt(s.var((0, 1)) + 1e-5) for s in np.split(x, groups)])
   np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_video_gradient_through_max_pool_stem():
+  """At >= 96 px the stem max-pools; the gradient must flow through it (it once failed to linearise)."""
+  size = 112
+  assert stem_downsampling(size)[1]
+  c = _cfg()
+  video = build_model(c.model, c.audio, rngs=nnx.Rngs(0)).encoders["video"]
+  x = _rand(0, (1, 2, size, size, 3))
+  grads = nnx.jit(lambda m, x: nnx.grad(lambda m: m.feature_map(x, train=False).sum())(m))(video, x)
+  leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
+  assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+  assert any(float(jnp.abs(g).max()) > 0 for g in leaves)

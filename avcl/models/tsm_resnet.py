@@ -123,8 +123,8 @@ class TSMResNet(nnx.Module):
         x, self.stem.kernel[...].astype(self.dtype), (stride, stride), "SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if pool:
-      x = jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
-                                "SAME")
+      # A Python scalar init value: an array init makes reduce_window non-differentiable in JAX.
+      x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
     for block in self.blocks:
       if self.remat:
         x = nnx.remat(lambda blk, y: blk(y, num_frames=t, train=train))(block, x)
