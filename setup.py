@@ -22,11 +22,17 @@ setuptools.setup(
         "numpy>=1.26",
         # Video decoding for ingest; the wheels bundle FFmpeg (x264, AAC), so no system package is needed.
         "av>=14,<19",
+        # High-quality audio resampling in ingest (also a librosa dependency) and the record protobufs.
+        "soxr>=0.3",
+        "protobuf>=3.20",
         # The embedded world: eSpeak NG's library and voices, and the TimGM6mb.sf2 General MIDI soundfont.
         # tinysoundfont renders the soundfont but must be installed with --no-deps (see scripts/setup.sh).
         "espeakng-loader>=0.2,<0.3",
         "pretty-midi>=0.2.10,<0.3",
-        "pillow>=10",
+        # Filters, resampling and reverberation of the embedded world (also a librosa dependency).
+        "scipy>=1.10",
+        # >=10.1: ImageFont.load_default(size=...) draws the written words of the embedded world.
+        "pillow>=10.1",
         "tqdm>=4.60",
         "matplotlib>=3.8",
         "tensorboard>=2.20,<2.22",

@@ -64,8 +64,11 @@ def main(argv=None):
   mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   impls = args.impls.split(",")
   print(f"{n} devices ({jax.devices()[0].platform}), dim {args.dim}, tile {args.tile}, float32; "
-        "peak = per-device arguments + outputs + temporaries (XLA memory_analysis)")
-  header = f"{'batch':>7} {'impl':>6} {'peak MiB':>10} {'vs plain':>9} {'time s':>8} {'vs plain':>9}"
+        "peak = per-device arguments + outputs + temporaries (XLA memory_analysis); wall/cpu: median "
+        f"of {args.repeats} fwd+bwd steps, cpu = process CPU time over all threads; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+  header = (f"{'batch':>7} {'impl':>6} {'peak MiB':>10} {'vs plain':>9} {'wall s':>8} {'vs plain':>9} "
+            f"{'cpu s':>8} {'vs plain':>9}")
   print(header)
   print("-" * len(header))
   spec = NamedSharding(mesh, P("data"))
@@ -76,7 +79,7 @@ def main(argv=None):
     for impl in impls:
       compiled = _step(mesh, impl, args.tile).lower(shape, shape, temp).compile()
       peak = _peak_bytes(compiled)
-      seconds = float("nan")
+      seconds = cpu = float("nan")
       if not args.no_time and b <= args.time_max_batch:
         rng = np.random.default_rng(0)
         z = rng.normal(size=(2, b, args.dim)).astype(np.float32)
@@ -84,17 +87,18 @@ def main(argv=None):
         za, zb = (jax.device_put(x, spec) for x in z)
         t = jax.device_put(jnp.float32(0.1), NamedSharding(mesh, P()))
         jax.block_until_ready(compiled(za, zb, t))
-        runs = []
+        runs, cpu_runs = [], []
         for _ in range(args.repeats):
-          start = time.perf_counter()
+          start, start_cpu = time.perf_counter(), time.process_time()
           jax.block_until_ready(compiled(za, zb, t))
           runs.append(time.perf_counter() - start)
-        seconds = float(np.median(runs))
+          cpu_runs.append(time.process_time() - start_cpu)
+        seconds, cpu = float(np.median(runs)), float(np.median(cpu_runs))
         del za, zb
-      results[impl] = (peak, seconds)
-      ref_peak, ref_s = results.get("plain", (peak, seconds))
+      results[impl] = (peak, seconds, cpu)
+      ref_peak, ref_s, ref_cpu = results.get("plain", (peak, seconds, cpu))
       print(f"{b:>7} {impl:>6} {peak / 2**20:>10.1f} {peak / ref_peak:>9.3f} {seconds:>8.3f} "
-            f"{seconds / ref_s:>9.2f}", flush=True)
+            f"{seconds / ref_s:>9.2f} {cpu:>8.3f} {cpu / ref_cpu:>9.2f}", flush=True)
 
 
 if __name__ == "__main__":

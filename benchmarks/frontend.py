@@ -1,10 +1,11 @@
 r"""Log-mel throughput: avcl's jitted frontend vs librosa vs tf.signal, same parameters.
 
-    python -m benchmarks.frontend [--clips 32] [--seconds 10] [--repeats 5]
+    python -m benchmarks.frontend [--sizes 64x2,32x10] [--repeats 5] [--no-tf]
 
 Parameters are `configs/default.py`'s `config.audio` (16 kHz, n_fft 512, 25 ms window, 10 ms hop, 64
 Slaney mels 60-7800 Hz, log(mel + 1e-6)). Each implementation turns the same float32 batch
-[clips, seconds * 16 kHz] into log-mels; throughput is seconds of audio per wall-clock second (median of
+[clips, seconds * 16 kHz] into log-mels (default sizes: the default config's training batch, 64 clips of 2 s,
+and 32 clips of 10 s); throughput is seconds of audio per wall-clock second (median of
 `repeats` runs after a warm-up). tf.signal has no centre padding, no window centring in n_fft and no
 Slaney filterbank, so its pipeline pads like librosa, passes a centred periodic Hann as `window_fn`
 and uses librosa's filterbank: it measures TF's framing/FFT/matmul, not a different definition.
@@ -41,26 +42,21 @@ def _audio(clips, seconds, sr):
 
 
 def _time(fn, repeats):
+  """(median wall seconds, median process CPU seconds over all threads) after a warm-up call."""
   fn()  # Warm-up: compilation, caches.
-  runs = []
+  wall, cpu = [], []
   for _ in range(repeats):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     fn()
-    runs.append(time.perf_counter() - start)
-  return float(np.median(runs))
+    wall.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
+  return float(np.median(wall)), float(np.median(cpu))
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--clips", type=int, default=32)
-  parser.add_argument("--seconds", type=float, default=10.0)
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--no-tf", action="store_true", help="skip tf.signal")
-  args = parser.parse_args(argv)
-
+def run(clips, seconds_per_clip, repeats, with_tf):
   c = get_config().audio
   sr, n_fft, win, hop = c.sample_rate, c.n_fft, c.win_length, c.hop_length
-  audio = _audio(args.clips, args.seconds, sr)
+  audio = _audio(clips, seconds_per_clip, sr)
   total_seconds = audio.shape[0] * audio.shape[1] / sr
   rows = []
 
@@ -71,17 +67,17 @@ def main(argv=None):
     return np.log(mel + c.log_offset).swapaxes(-1, -2)
 
   reference = librosa_fn()
-  rows.append(("librosa " + librosa.__version__, _time(librosa_fn, args.repeats), 0.0))
+  rows.append(("librosa " + librosa.__version__, _time(librosa_fn, repeats), 0.0))
 
   fe = frontend.from_config(c)
   audio_dev = jax.device_put(audio)
   for dft in ("rfft", "matmul"):
     fn = jax.jit(lambda a, dft=dft: fe(a, dft=dft))
     out = np.asarray(fn(audio_dev))
-    seconds = _time(lambda fn=fn: fn(audio_dev).block_until_ready(), args.repeats)
-    rows.append((f"avcl jit ({dft})", seconds, DB_PER_NEPER * np.abs(out - reference).max()))
+    timing = _time(lambda fn=fn: fn(audio_dev).block_until_ready(), repeats)
+    rows.append((f"avcl jit ({dft})", timing, DB_PER_NEPER * np.abs(out - reference).max()))
 
-  if not args.no_tf:
+  if with_tf:
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
     mel_fb = tf.constant(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=c.n_mels, fmin=c.fmin,
@@ -98,19 +94,32 @@ def main(argv=None):
 
     audio_tf = tf.constant(audio)
     out = tf_fn(audio_tf).numpy()
-    seconds = _time(lambda: tf_fn(audio_tf).numpy(), args.repeats)
-    rows.append((f"tf.signal {tf.__version__}", seconds, DB_PER_NEPER * np.abs(out - reference).max()))
+    timing = _time(lambda: tf_fn(audio_tf).numpy(), repeats)
+    rows.append((f"tf.signal {tf.__version__}", timing, DB_PER_NEPER * np.abs(out - reference).max()))
 
-  librosa_s = rows[0][1]
-  print(f"{args.clips} clips x {args.seconds:g} s at {sr} Hz ({total_seconds:g} s of audio), n_fft {n_fft}, "
-        f"win {win}, hop {hop}, {c.n_mels} {c.mel_scale} mels; {os.cpu_count()} CPUs; median of "
-        f"{args.repeats}")
-  header = f"{'implementation':<22} {'time s':>8} {'audio s/s':>11} {'vs librosa':>11} {'max |dB|':>9}"
+  librosa_s, librosa_cpu = rows[0][1]
+  print(f"\n{clips} clips x {seconds_per_clip:g} s at {sr} Hz ({total_seconds:g} s of audio), n_fft {n_fft}, "
+        f"win {win}, hop {hop}, {c.n_mels} {c.mel_scale} mels; {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}; median of {repeats}. 'cpu s' is the process's CPU time (all "
+        "threads): the fairer figure when other jobs share the cores.")
+  header = (f"{'implementation':<22} {'wall s':>8} {'audio s/s':>10} {'vs librosa':>10} {'cpu s':>8} "
+            f"{'vs librosa':>10} {'max |dB|':>9}")
   print(header)
   print("-" * len(header))
-  for name, seconds, db in rows:
-    print(f"{name:<22} {seconds:>8.4f} {total_seconds / seconds:>11.0f} {librosa_s / seconds:>10.2f}x "
-          f"{db:>9.5f}")
+  for name, (seconds, cpu), db in rows:
+    print(f"{name:<22} {seconds:>8.4f} {total_seconds / seconds:>10.0f} {librosa_s / seconds:>9.2f}x "
+          f"{cpu:>8.4f} {librosa_cpu / cpu:>9.2f}x {db:>9.5f}", flush=True)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--sizes", default="64x2,32x10", help="comma-separated CLIPSxSECONDS batches")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--no-tf", action="store_true", help="skip tf.signal")
+  args = parser.parse_args(argv)
+  for size in args.sizes.split(","):
+    clips, seconds = size.split("x")
+    run(int(clips), float(seconds), args.repeats, not args.no_tf)
 
 
 if __name__ == "__main__":

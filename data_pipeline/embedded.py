@@ -14,8 +14,9 @@ Layout (design.md, "Embedded world layout"):
 Tasks (what is held out is what makes each one a test of generalisation, not of memory):
 - `keyword`: ten Speech-Commands keywords + `_unknown_` (other words), English accents; its speakers are
   disjoint from pretraining's and the train/validation/test speakers are disjoint from each other.
-- `speaker`: identify one of 20 speakers (an eSpeak voice + variant + pitch, range and rate) from a phrase;
-  splits share speakers, never utterances; speakers disjoint from pretraining's.
+- `speaker`: identify one of 20 English speakers (an eSpeak accent + variant + pitch, range and rate; each
+  utterance varies a little around them) from a phrase; splits share speakers, never utterances; speakers
+  disjoint from pretraining's.
 - `language`: twelve languages; train/validation/test speakers are disjoint from each other and from
   pretraining's, so the voice does not give the language away.
 - `instrument`: NSynth's eleven families over GM program groups; the GM programs of train, validation and
@@ -63,6 +64,7 @@ TASKS = ("keyword", "speaker", "language", "instrument", "sound_events")
 # Speaker pools: how many (voice, variant) pairs each gets.
 KEYWORD_SPEAKERS = {"train": 24, "validation": 8, "test": 12}
 SPEAKER_TASK_SPEAKERS = 20
+SPEAKER_TASK_LANGUAGE = "en"
 LANGUAGE_SPEAKERS_PER_LANGUAGE = {"train": 4, "validation": 2, "test": 2}
 PRETRAIN_SPEAKERS_PER_LANGUAGE = 8
 PRETRAIN_ENGLISH_SPEAKERS = 24  # English words are the written forms pretraining shows.
@@ -141,10 +143,10 @@ def speaker_pools(seed: int) -> dict[str, list[speech.Speaker]]:
   pools = {}
   for split in SPLITS:
     pools[f"keyword/{split}"] = take(KEYWORD_SPEAKERS[split], lambda c, g: c[0] == "en")
-  task_codes = {lang.code for lang in speech.TASK_LANGUAGES}
-  # Speaker identification: distinct variants, so no two classes share formant presets.
+  # Speaker identification: English speakers (as in VoxCeleb, mostly one language, so the language does not
+  # give the speaker away) with distinct variants, so no two classes share formant presets.
   pools["speaker"] = take(SPEAKER_TASK_SPEAKERS,
-                          lambda c, g: c[0] in task_codes and c[2] not in {x[2] for x in g})
+                          lambda c, g: c[0] == SPEAKER_TASK_LANGUAGE and c[2] not in {x[2] for x in g})
   for split in SPLITS:
     pools[f"language/{split}"] = [
         spk for lang in speech.TASK_LANGUAGES
@@ -370,9 +372,15 @@ def _progress(total: int, enabled: bool):
   return tqdm(total=total, unit="clip", desc="embedded world", file=sys.stderr)
 
 
-def generate(output: str, clips: int = DEFAULT_CLIPS, seed: int = 0, workers: int | None = None,
+def generate(output: str, clips: int | None = None, seed: int = 0, workers: int | None = None,
              progress: bool = True) -> dict:
-  """Generates the world into `output` and returns the contents of its world.json."""
+  """Generates the world into `output` and returns the contents of its world.json.
+
+  clips: pretraining clips; None or 0 mean DEFAULT_CLIPS (as `config.data.world_clips` does).
+  workers: processes rendering clips (None: os.cpu_count()); the output does not depend on it.
+  """
+  if not clips:
+    clips = DEFAULT_CLIPS
   if workers is None:
     workers = os.cpu_count() or 1
   if workers < 1:
@@ -417,10 +425,16 @@ def generate(output: str, clips: int = DEFAULT_CLIPS, seed: int = 0, workers: in
         total_bytes += sum(len(r) for r in pending)
         pending = []
         group_i += 1
-  finally:
+  except BaseException:
     if pool is not None:
       pool.terminate()
       pool.join()
+    raise
+  else:
+    if pool is not None:
+      pool.close()  # Workers exit normally; their eSpeak servers see end of input and exit too.
+      pool.join()
+  finally:
     if bar is not None:
       bar.close()
 
@@ -448,7 +462,7 @@ def generate(output: str, clips: int = DEFAULT_CLIPS, seed: int = 0, workers: in
       "pretrain_label_vocabulary": list(EVENT_CLASSES),
       "tasks": {
           "keyword": "Speech-Commands keywords + _unknown_; speakers disjoint from pretraining and across splits",
-          "speaker": "speaker identification; speakers disjoint from pretraining; splits share speakers",
+          "speaker": "speaker identification (English); speakers disjoint from pretraining; splits share speakers",
           "language": "language identification; speakers disjoint from pretraining and across splits",
           "instrument": "NSynth families over GM program groups; GM programs disjoint across splits",
           "sound_events": "multi-label, 1-3 simultaneous sources; scored by mAP",

@@ -379,7 +379,8 @@ def read_inputs(input_path: str, labels_csv: str | None = None) -> tuple[list[Jo
       paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(VIDEO_EXTENSIONS)]
     if not paths:
       raise IngestError(f"No video files ({', '.join(VIDEO_EXTENSIONS)}) under {input_path!r}.")
-    jobs = [Job(path=p, video_id=os.path.relpath(p, input_path)) for p in paths]
+    # Absolute paths: the resume fingerprint must not depend on the working directory.
+    jobs = [Job(path=os.path.abspath(p), video_id=os.path.relpath(p, input_path)) for p in paths]
     rows_labels = [[] for _ in jobs]
   elif os.path.isfile(input_path):
     base = os.path.dirname(os.path.abspath(input_path))
@@ -503,14 +504,60 @@ def _worker_init():
 
 
 def _convert_indexed(args):
-  i, job, options = args
-  return i, convert_job(job, options)
+  i, job, options, convert = args
+  return i, convert(job, options)
+
+
+def _crashed(job: Job) -> dict:
+  return {"path": job.path, "skip": Skip(job.path, "corrupt", "the decoder crashed (its worker process "
+                                         "died)").as_dict()}
+
+
+def _run_parallel(pending, workers: int, handle) -> None:
+  """Runs `pending` in `workers` spawned processes, calling `handle(i, result)` as results arrive.
+
+  A worker that dies (a decoder segfault on a malicious or broken file) would hang a multiprocessing.Pool;
+  here it breaks the executor instead, and every job that was in flight is re-run alone in a fresh process,
+  so only the input that kills its process is skipped (as `corrupt`).
+  """
+  from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+  from concurrent.futures.process import BrokenProcessPool
+  # spawn: the parent may have imported TensorFlow (the shard writer), which must not be forked.
+  ctx = multiprocessing.get_context("spawn")
+  queue = list(reversed(pending))
+  while queue:
+    suspects = []
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as executor:
+      inflight = {}
+      try:
+        while queue or inflight:
+          while queue and len(inflight) < 2 * workers:
+            args = queue.pop()
+            inflight[executor.submit(_convert_indexed, args)] = args
+          done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+          for future in done:
+            result = future.result()  # BrokenProcessPool if a worker died.
+            inflight.pop(future)
+            handle(*result)
+      except BrokenProcessPool:
+        suspects = list(inflight.values())
+    for args in suspects:
+      try:
+        with ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init) as alone:
+          result = alone.submit(_convert_indexed, args).result()
+      except BrokenProcessPool:
+        result = (args[0], _crashed(args[1]))
+      handle(*result)
 
 
 def ingest(input_path: str, output: str, *, labels_csv: str | None = None, options: Options = Options(),
            strict: bool = False, workers: int = 0, shard_clips: int = 256, split: str = "train",
-           progress: bool | None = None) -> dict:
-  """Converts every input into shards of `split` under `output`; returns the manifest (also written)."""
+           progress: bool | None = None, convert=convert_job) -> dict:
+  """Converts every input into shards of `split` under `output`; returns the manifest (also written).
+
+  `convert(job, options) -> dict` turns one input into a record or a skip (`convert_job`); a replacement must
+  be a module-level function (it is pickled to worker processes).
+  """
   t0 = time.perf_counter()
   options.validate()
   if shard_clips < 1:
@@ -535,7 +582,7 @@ def ingest(input_path: str, output: str, *, labels_csv: str | None = None, optio
   shard_paths = [os.path.join(output, schema.shard_name(split, k, num_shards)) for k in range(num_shards)]
   summary_paths = [os.path.join(state, f"{split}-{k:05d}.json") for k in range(num_shards)]
   done = [os.path.exists(p) and os.path.exists(s) for p, s in zip(shard_paths, summary_paths)]
-  pending = [(i, jobs[i], options) for k in range(num_shards) if not done[k]
+  pending = [(i, jobs[i], options, convert) for k in range(num_shards) if not done[k]
              for i in range(k * shard_clips, min(len(jobs), (k + 1) * shard_clips))]
   if any(done):
     log.info("Resuming: %d of %d shards already written.", sum(done), num_shards)
@@ -568,11 +615,7 @@ def ingest(input_path: str, output: str, *, labels_csv: str | None = None, optio
       for args in pending:
         handle(*_convert_indexed(args))
     else:
-      # spawn: the parent may have imported TensorFlow (the shard writer), which must not be forked.
-      ctx = multiprocessing.get_context("spawn")
-      with ctx.Pool(workers, initializer=_worker_init) as pool:
-        for i, result in pool.imap(_convert_indexed, pending, chunksize=1):
-          handle(i, result)
+      _run_parallel(pending, workers, handle)
   finally:
     bar.close()
 

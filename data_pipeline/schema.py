@@ -134,7 +134,10 @@ def _build_messages():
 
   pool = descriptor_pool.DescriptorPool()
   pool.Add(f)
-  return message_factory.GetMessageClass(pool.FindMessageTypeByName("avcl_example.SequenceExample"))
+  descriptor = pool.FindMessageTypeByName("avcl_example.SequenceExample")
+  if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.22
+    return message_factory.GetMessageClass(descriptor)
+  return message_factory.MessageFactory(pool).GetPrototype(descriptor)
 
 
 SequenceExample = _build_messages()
@@ -177,7 +180,9 @@ def serialize(clip: Clip) -> bytes:
   for jpeg in clip.frames:
     frames.add().bytes_list.value.append(bytes(jpeg))
   ex.feature_lists.feature_list[WAVEFORM].feature.add().float_list.value.extend(audio.tolist())
-  return ex.SerializeToString()
+  # deterministic: map entries (the context features) in key order, so the same clip gives the same bytes in
+  # every process (the default order follows per-process string hashing).
+  return ex.SerializeToString(deterministic=True)
 
 
 def _scalar(ctx, key, kind, default):

@@ -90,8 +90,10 @@ def test_spec_augment_mask_widths():
   b, t, m = 64, 50, 20
   x = jnp.asarray(np.random.default_rng(0).normal(size=(b, t, m)) + 10, jnp.float32)
   # One mask of each kind: the masked time steps / bins form one contiguous band of width <= max.
-  out = np.asarray(augment.spec_augment(jax.random.key(0), x, time_masks=1, time_mask_frames=7,
-                                        freq_masks=0, freq_mask_bins=0))
+  spec = jax.jit(augment.spec_augment, static_argnames=("time_masks", "time_mask_frames", "freq_masks",
+                                                        "freq_mask_bins"))
+  out = np.asarray(spec(jax.random.key(0), x, time_masks=1, time_mask_frames=7, freq_masks=0,
+                        freq_mask_bins=0))
   masked_t = np.all(out != np.asarray(x), axis=2)  # [b, t]: whole time steps replaced.
   widths = masked_t.sum(1)
   assert widths.max() <= 7 and widths.max() >= 5
@@ -101,8 +103,8 @@ def test_spec_augment_mask_widths():
   fill = np.asarray(x).mean(axis=(1, 2))
   rows, cols = np.nonzero(masked_t)
   np.testing.assert_allclose(out[rows, cols, 0], fill[rows], rtol=1e-6)
-  out = np.asarray(augment.spec_augment(jax.random.key(1), x, time_masks=0, time_mask_frames=0,
-                                        freq_masks=2, freq_mask_bins=4))
+  out = np.asarray(spec(jax.random.key(1), x, time_masks=0, time_mask_frames=0, freq_masks=2,
+                        freq_mask_bins=4))
   masked_f = np.all(out != np.asarray(x), axis=1)  # [b, m]
   assert masked_f.sum(1).max() <= 8 and masked_f.sum(1).max() >= 5
   assert not np.any(np.all(out != np.asarray(x), axis=2))  # No time mask asked.

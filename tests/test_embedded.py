@@ -49,6 +49,10 @@ def _task(root, task):
     return json.load(f)
 
 
+def names_of(root, task):
+  return _task(root, task)["class_names"]
+
+
 def test_layout_world_json_and_task_json(world):
   root = world["root"]
   with open(os.path.join(root, "world.json")) as f:
@@ -111,8 +115,10 @@ def test_labels_match_what_sounds(world):
   for c in clips["tasks/language/train"]:
     voice = re.match(r"speech\[([^+]+)\+", c.video_id.split(":", 1)[1])[1]
     assert voice in speech.LANGUAGE_BY_CODE[c.label_string[0]].voices
+  english = speech.LANGUAGE_BY_CODE["en"].voices
   for c in clips["tasks/speaker/validation"]:
     assert c.video_id.split(":", 1)[1].startswith(f"speech[{c.label_string[0]}]")
+  assert all(name.split("+")[0] in english for name in names_of(root, "speaker"))
   for c in clips["pretrain/train"]:
     assert all(events.SOUND_EVENT_CLASSES[i] == s for i, s in zip(c.label_index, c.label_string))
     if any(s.startswith(("speech[", "word[")) for s in _sources(c.video_id)):
@@ -198,11 +204,13 @@ def test_deterministic_from_seed_and_independent_of_workers(world):
   plan = embedded.plan_world(3, TINY_CLIPS)
   assert plan.specs == embedded.plan_world(3, TINY_CLIPS).specs
   picked = [s for s in plan.specs if s.index in (0, 3)][::-1]
-  by_key = {c.video_id.split(":")[0]: c for cs in world["clips"].values() for c in cs}
+  stored = {}  # Raw bytes as the worker processes serialised them.
+  for split_dir, split in SPLIT_DIRS:
+    for path in schema.list_shards(os.path.join(world["root"], split_dir), split):
+      for record in schema.iter_records(path):
+        stored[schema.parse(record).video_id.split(":")[0]] = record
   for spec in picked:
-    record = embedded.render_clip((spec, 3))
-    stored = schema.serialize(by_key[spec.key])
-    assert record == stored, spec.key
+    assert embedded.render_clip((spec, 3)) == stored[spec.key], spec.key
   other = embedded.plan_world(4, TINY_CLIPS)
   assert other.specs != plan.specs
   assert embedded.render_clip((plan.specs[0], 4)) != embedded.render_clip((plan.specs[0], 3))
@@ -240,3 +248,25 @@ def test_cli_help_and_bad_arguments(capsys, tmp_path):
     assert field in capsys.readouterr().err
   with pytest.raises(ValueError, match="clips"):
     embedded.plan_world(0, 0)
+
+
+def test_input_pipeline_reads_the_world_in_design_shapes(world):
+  from data_pipeline import input as input_lib
+  root = world["root"]
+  train = input_lib.make_dataset(schema.list_shards(os.path.join(root, "pretrain"), "train"), batch_size=4,
+                                 train=True, clip_seconds=2.0, sample_rate=16000, fps=5.0, frame_size=32)
+  batch = next(iter(train.as_numpy_iterator()))
+  assert batch["audio"].shape == (4, 32000) and batch["audio"].dtype == np.float32
+  assert batch["frames"].shape == (4, 10, 32, 32, 3) and batch["frames"].dtype == np.uint8
+  for task in ("keyword", "sound_events"):
+    info = _task(root, task)
+    ds = input_lib.make_dataset(schema.list_shards(os.path.join(root, "tasks", task), "test"), batch_size=3,
+                                train=False, clip_seconds=3.0, sample_rate=16000, fps=10.0, frame_size=64,
+                                num_classes=info["num_classes"], multi_label=info["multi_label"])
+    batches = list(ds.as_numpy_iterator())
+    assert sum(int(b["mask"].sum()) for b in batches) == info["counts"]["test"]
+    labels = batches[0]["label"]
+    if info["multi_label"]:
+      assert labels.shape == (3, info["num_classes"]) and set(np.unique(labels)) <= {0.0, 1.0}
+    else:
+      assert labels.shape == (3,) and labels.dtype == np.int32

@@ -197,3 +197,19 @@ def test_cli_help_and_run(video_dir, tmp_path):
                       str(tmp_path / "o"), "--workers", "1", "--quiet", "--strict"], cwd=ROOT,
                      capture_output=True, text=True)
   assert r.returncode == 2 and "no_audio" in r.stderr
+
+
+def convert_or_die(job, options):
+  """A convert function whose worker process dies on one input (as a segfaulting decoder would)."""
+  if os.path.basename(job.path) == "good.mp4":
+    os._exit(11)
+  return ingest.convert_job(job, options)
+
+
+def test_a_crashing_decoder_skips_only_its_input(video_dir, tmp_path):
+  src, expected = video_dir
+  m = ingest.ingest(src, str(tmp_path), workers=2, shard_clips=4, progress=False, convert=convert_or_die)
+  crashed = [s for s in m["skipped"] if "crashed" in s["detail"]]
+  assert [os.path.basename(s["path"]) for s in crashed] == ["good.mp4"] and crashed[0]["reason"] == "corrupt"
+  assert m["clips"] == sum(r is None for r in expected.values()) - 1
+  assert m["skipped_count"] == sum(r is not None for r in expected.values()) + 1

@@ -99,6 +99,9 @@ class AVModel(nnx.Module):
   def encode(self, name: str, x: jax.Array, *, train: bool = False) -> jax.Array:
     """Pooled encoder features before the head: x -> f32[batch, feature_dim]."""
     enc = self._encoder_for(name)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(f"input {name!r} must be floating point (log-mel, waveform in [-1, 1] or normalised "
+                       f"frames), got dtype {x.dtype}")
     return self.encoders[enc](x, train=train).astype(jnp.float32)
 
   def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> dict[str, jax.Array]:

@@ -46,12 +46,13 @@ class RenderedScene:
 def _dry_audio(rng: np.random.Generator, source: Source, max_seconds: float, sample_rate: int):
   """-> (f32[samples] peak-normalised, text, program)."""
   if source.kind == "speech":
+    speaker = speech.utterance_prosody(rng, source.speaker)
     if source.text:
-      return speech.synthesize(source.speaker, source.text, sample_rate), source.text, -1
-    audio, text = speech.speak_within(rng, source.speaker, max_seconds, sample_rate)
+      return speech.synthesize(speaker, source.text, sample_rate), source.text, -1
+    audio, text = speech.speak_within(rng, speaker, max_seconds, sample_rate)
     return audio, text, -1
   if source.kind == "word":
-    audio = speech.synthesize(source.speaker, source.text, sample_rate)
+    audio = speech.synthesize(speech.utterance_prosody(rng, source.speaker), source.text, sample_rate)
     return audio[:int(max_seconds * sample_rate)], source.text, -1
   if source.kind == "program":
     return music.render_phrase(rng, source.program, max_seconds, sample_rate), "", source.program

@@ -1,31 +1,31 @@
 """Speech from eSpeak NG, driven through ctypes.
 
-The `espeakng-loader` wheel ships `libespeak-ng` and its voice data, so speech needs nothing outside PyPI.
-eSpeak synthesises at its native rate (22050 Hz) into a callback buffer; we resample to the target rate.
+The `espeakng-loader` wheel ships `libespeak-ng` and its voice data, so speech needs nothing outside PyPI;
+ctypes drives the library (in `espeak_server.py`). eSpeak synthesises at its native rate (22050 Hz) into a
+callback buffer; we resample to the target rate.
 
 A *speaker* is an eSpeak voice (a language or accent, e.g. `en-GB-scotland`) + a voice variant (formant and
 pitch-range presets such as `m3`, `f2`, `Annie`) + a base pitch, pitch range and speaking rate. Two speakers
 with the same (voice, variant) but other prosody sound alike, so the world partitions (voice, variant) pairs,
 not whole speakers, between pretraining and held-out tasks.
 
-eSpeak keeps global state, so there is one engine per process (worker processes each make their own).
+eSpeak keeps global state that carries over from one utterance to the next; `espeak_server.py` (one small
+child process per process that speaks) isolates every utterance so the world is reproducible.
 """
-import ctypes
+import atexit
 import dataclasses
 import functools
+import json
 import os
+import struct
+import subprocess
+import sys
 from math import gcd
 
 import numpy as np
 import scipy.signal
 
-# espeak_AUDIO_OUTPUT / espeak_POSITION_TYPE / espeak_PARAMETER values from speak_lib.h.
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_POS_CHARACTER = 1
-_CHARS_UTF8 = 1
-_PARAM_RATE, _PARAM_PITCH, _PARAM_RANGE = 1, 3, 4
-_PARAM_VOLUME = 2
-_RAND_SEED = 12345
+_RAND_SEED = 12345  # eSpeak's noise generator seed, the same for every utterance.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +150,15 @@ def random_speaker(rng: np.random.Generator, language: str, voice: str, variant:
                  pitch_range=int(rng.integers(20, 91)), rate=int(rng.integers(120, 221)))
 
 
+def utterance_prosody(rng: np.random.Generator, speaker: Speaker) -> Speaker:
+  """The speaker as heard in one utterance: people never say two things at exactly the same pitch and pace,
+  so pitch, range and rate vary a little around the speaker's own (identity stays the speaker's)."""
+  return dataclasses.replace(
+      speaker, pitch=int(np.clip(speaker.pitch + rng.integers(-6, 7), 0, 100)),
+      pitch_range=int(np.clip(speaker.pitch_range + rng.integers(-10, 11), 0, 100)),
+      rate=int(np.clip(round(speaker.rate * rng.uniform(0.9, 1.1)), 80, 450)))
+
+
 def random_phrase(rng: np.random.Generator, language: str, max_tokens: int = 4) -> str:
   """2..max_tokens tokens: common words, and numbers that eSpeak reads out in the language itself."""
   words = LANGUAGE_BY_CODE[language].words
@@ -163,87 +172,43 @@ def random_phrase(rng: np.random.Generator, language: str, max_tokens: int = 4) 
 
 
 class _Engine:
-  """The process's eSpeak NG instance (synchronous mode, samples collected by a ctypes callback)."""
+  """Client of this process's eSpeak NG server (`espeak_server.py`, a lean child process that speaks every
+  utterance in a fresh fork of itself, so that an utterance never depends on those spoken before it).
+  One request at a time: not for concurrent use from several threads."""
 
   def __init__(self):
     import espeakng_loader  # Imported here: only speech needs it.
     self.data_path = espeakng_loader.get_data_path()
-    lib = ctypes.CDLL(espeakng_loader.get_library_path())
-    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    lib.espeak_Initialize.restype = ctypes.c_int
-    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-    lib.espeak_SetVoiceByName.restype = ctypes.c_int
-    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.espeak_SetParameter.restype = ctypes.c_int
-    lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                                 ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-    lib.espeak_Synth.restype = ctypes.c_int
-    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-    lib.espeak_ng_SetRandSeed.restype = None
-    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path.encode(), 0)
-    if rate <= 0:
-      raise RuntimeError(f"espeak_Initialize failed (returned {rate}) with data at {self.data_path}")
-    self.native_rate = int(rate)
-    self._chunks: list[np.ndarray] = []
-    callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
-                                     ctypes.c_void_p)
-    # Kept on self: ctypes callbacks must outlive every call that may invoke them.
-    self._callback = callback_type(self._collect)
-    lib.espeak_SetSynthCallback(self._callback)
-    self.lib = lib
-    variant_dir = os.path.join(self.data_path, "voices", "!v")
-    self.variants = frozenset(os.listdir(variant_dir))
+    self.library_path = espeakng_loader.get_library_path()
+    self.variants = frozenset(os.listdir(os.path.join(self.data_path, "voices", "!v")))
     self.voices = frozenset(name.lower() for _, _, files in os.walk(os.path.join(self.data_path, "lang"))
                             for name in files)
+    server = os.path.join(os.path.dirname(os.path.abspath(__file__)), "espeak_server.py")
+    # -S -E: no site packages or PYTHON* variables: the server needs only the standard library.
+    self._process = subprocess.Popen([sys.executable, "-S", "-E", server, self.library_path, self.data_path],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    hello = self._receive()
+    if hello is None or hello[:2] != b"OK":
+      detail = hello[2:].decode(errors="replace") if hello else "no answer"
+      raise RuntimeError(f"eSpeak NG server failed to start ({self.library_path}): {detail}")
+    (self.native_rate,) = struct.unpack("<I", hello[2:6])
+    atexit.register(self.close)
 
-  def _collect(self, wav, num_samples, events):
-    del events
-    if wav and num_samples > 0:
-      self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
-    return 0  # 0: continue synthesis.
+  def _receive(self) -> bytes | None:
+    header = self._process.stdout.read(4)
+    if len(header) < 4:
+      return None
+    (length,) = struct.unpack("<I", header)
+    return self._process.stdout.read(length)
 
-  def synthesize(self, speaker: Speaker, text: str) -> np.ndarray:
-    """-> int16 samples at `native_rate`, the same for the same arguments whatever was spoken before.
-
-    eSpeak carries state from one utterance to the next (wave phase, pitch flutter, noise generators; even
-    espeak_Terminate + espeak_Initialize and espeak_ng_SetRandSeed do not reset it all), so an utterance
-    synthesised in-process depends on the ones before it. Each utterance is therefore synthesised in a
-    forked child of this process, whose eSpeak never spoke: every child starts from the same state. The
-    fork costs ~10 ms of CPU. Without `os.fork` (Windows) speech is synthesised in-process and the world is
-    not bit-reproducible.
-    """
-    if not hasattr(os, "fork"):
-      return self._synthesize_here(speaker, text)
-    self._validate(speaker)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # Child: speak, send b"\0" + PCM or b"\1" + error, and leave without any cleanup.
-      status = 1
+  def close(self):
+    if self._process.poll() is None:
       try:
-        os.close(read_fd)
-        try:
-          payload = b"\0" + self._synthesize_here(speaker, text).astype("<i2").tobytes()
-        except Exception as e:  # Reported to the parent, which raises it.
-          payload = b"\1" + f"{type(e).__name__}: {e}".encode()
-        view = memoryview(payload)
-        while view:
-          view = view[os.write(write_fd, view):]
-        status = 0
-      finally:
-        os._exit(status)
-    os.close(write_fd)
-    chunks = []
-    with os.fdopen(read_fd, "rb") as pipe:
-      while chunk := pipe.read(1 << 16):
-        chunks.append(chunk)
-    _, wait_status = os.waitpid(pid, 0)
-    data = b"".join(chunks)
-    if os.waitstatus_to_exitcode(wait_status) != 0 or not data:
-      raise RuntimeError(f"eSpeak child process failed (wait status {wait_status}) for {speaker.name} "
-                         f"saying {text!r}")
-    if data[:1] == b"\1":
-      raise RuntimeError(f"eSpeak failed for {speaker.name} saying {text!r}: {data[1:].decode()}")
-    return np.frombuffer(data[1:], "<i2").astype(np.int16)
+        self._process.stdin.write(struct.pack("<I", 0))
+        self._process.stdin.close()
+        self._process.wait(timeout=5)
+      except (OSError, subprocess.TimeoutExpired):
+        self._process.kill()
 
   def _validate(self, speaker: Speaker):
     if speaker.voice.lower() not in self.voices:
@@ -252,26 +217,26 @@ class _Engine:
       # eSpeak silently ignores an unknown variant, which would merge two "different" speakers.
       raise ValueError(f"speaker.variant={speaker.variant!r} is not an eSpeak variant in {self.data_path}")
 
-  def _synthesize_here(self, speaker: Speaker, text: str) -> np.ndarray:
-    """-> int16 samples at `native_rate`, synthesised in this process."""
+  def synthesize(self, speaker: Speaker, text: str) -> np.ndarray:
+    """-> int16[samples] at `native_rate`; the same for the same arguments, whatever was spoken before."""
     self._validate(speaker)
-    status = self.lib.espeak_SetVoiceByName(f"{speaker.voice}+{speaker.variant}".encode())
-    if status != 0:
-      raise ValueError(f"speaker.voice={speaker.voice!r}: eSpeak cannot load it (error {status})")
-    for param, value in ((_PARAM_RATE, speaker.rate), (_PARAM_PITCH, speaker.pitch),
-                         (_PARAM_RANGE, speaker.pitch_range), (_PARAM_VOLUME, 100)):
-      self.lib.espeak_SetParameter(param, int(value), 0)
-    # eSpeak's noise generator (breath, frication, Klatt voices) is seeded from the clock at start-up.
-    self.lib.espeak_ng_SetRandSeed(_RAND_SEED)
-    self._chunks = []
-    data = text.encode("utf-8") + b"\0"
-    status = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-    if status != 0:
-      raise RuntimeError(f"espeak_Synth failed (error {status}) for text {text!r}")
-    self.lib.espeak_Synchronize()
-    if not self._chunks:
-      return np.zeros(0, np.int16)
-    return np.concatenate(self._chunks)
+    request = json.dumps({"voice": f"{speaker.voice}+{speaker.variant}", "rate": speaker.rate,
+                          "pitch": speaker.pitch, "range": speaker.pitch_range, "seed": _RAND_SEED,
+                          "text": text}).encode("utf-8")
+    try:
+      self._process.stdin.write(struct.pack("<I", len(request)) + request)
+      self._process.stdin.flush()
+      reply = self._receive()
+    except OSError as e:
+      reply = None
+      detail = str(e)
+    else:
+      detail = "it exited"
+    if not reply:
+      raise RuntimeError(f"eSpeak NG server stopped ({detail}) while {speaker.name} said {text!r}")
+    if reply[:1] == b"\1":
+      raise RuntimeError(f"eSpeak failed for {speaker.name} saying {text!r}: {reply[1:].decode()}")
+    return np.frombuffer(reply[1:], "<i2").astype(np.int16)
 
 
 @functools.cache

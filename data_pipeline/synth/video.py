@@ -231,7 +231,7 @@ def render_frames(sprites: list[Sprite], envelopes: np.ndarray, context: str, rn
   slots = rng.permutation(n)
   base_x = [(slots[i] + 0.5) / n * size + rng.uniform(-0.08, 0.08) * size for i in range(n)]
   base_y = [rng.uniform(0.35, 0.55) * size for _ in range(n)]
-  base_s = [size * rng.uniform(0.11, 0.16) / max(1.0, 0.8 * n) * 1.5 for _ in range(n)]
+  base_s = [size * rng.uniform(0.11, 0.16) / max(1.0, 0.65 * n) * 1.5 for _ in range(n)]
   # Slow drift (< 0.2 px per frame): alive, but far less change than a sound onset causes.
   drift = [(rng.uniform(0.5, 1.5), rng.uniform(0.05, 0.2), rng.uniform(0, 2 * np.pi)) for _ in range(n)]
   phases = np.cumsum(envelopes, axis=1) * 0.5
