@@ -155,7 +155,9 @@ def restore_model(workdir: str | epath.Path, step: int | None = None
     raise CheckpointError(f"checkpoint step {step} not in {ckpt_dir}; available steps: {sorted(steps)}")
 
   graphdef, abstract_model = train_lib.abstract_model(config)
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  # This process's own first device: in multi-process runs every process restores a full local copy
+  # (jax.devices()[0] would belong to process 0 alone and leave the others with no addressable shard).
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = {"model": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                                     abstract_model)}
   restored = restore(manager, step, abstract, partial=True)

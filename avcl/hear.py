@@ -3,10 +3,11 @@
     import avcl.hear as hear
     model = hear.load_model("workdirs/default")          # a workdir, or WORKDIR/checkpoints/<step>
     scene = hear.get_scene_embeddings(audio, model)      # tf.float32 [n_sounds, scene_embedding_size]
-    emb, ts = hear.get_timestamp_embeddings(audio, model)  # [n_sounds, n_timestamps, size], [n_sounds, n_timestamps] ms
+    emb, ts = hear.get_timestamp_embeddings(audio, model)  # [n, n_timestamps, size], [n, n_timestamps] ms
 
-`audio` is float32 [n_sounds, n_samples] in [-1, 1] at `model.sample_rate` (the run's config.audio.sample_rate,
-16000 for the default config), any batch size and length; a tf.Tensor or anything numpy accepts.
+`audio` is float32 [n_sounds, n_samples] in [-1, 1] at `model.sample_rate` (the run's
+config.audio.sample_rate, 16000 for the default config), any batch size and length; a tf.Tensor or
+anything numpy accepts.
 
 `load_model` returns a `tf.Module`, as the HEAR validator requires: the JAX encoder is converted with
 `jax.experimental.jax2tf` (batch dimension polymorphic) and its weights are held as non-trainable
@@ -23,7 +24,6 @@ Embeddings (see avcl/evaluate/embed.py for the same definitions in numpy/JAX):
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 

@@ -150,3 +150,19 @@ def test_architecture_mismatch_names_field_and_parameter(tmp_path):
   mb = models.build_model(b.model, b.audio, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"parameter .*encoders.*logmel.* has shape"):
     runner.check_param_shapes(ma, mb)
+
+
+def test_evaluate_model_on_tfds_task_with_mock_data(tmp_path):
+  """A TFDS task through the whole pipeline (variable-length int16 audio, resampling, report)."""
+  from avcl.evaluate import tasks
+  tfds = tasks._tfds()
+  c = tiny_config(tmp_path)
+  c.eval.tfds_data_dir = str(tmp_path / "tfds")
+  c.eval.baselines = ("logmel",)
+  model = models.build_model(c.model, c.audio, rngs=nnx.Rngs(1))
+  with tfds.testing.mock_data(num_examples=6, data_dir=str(tmp_path / "tfds")):
+    results = runner.evaluate_model(model, c, step=1, out_dir=str(tmp_path / "eval"), tasks=["crema_d"],
+                                    progress=False, print_table=False)
+  t = results["tasks"]["crema_d"]
+  assert (t["metric"], t["n_train"], t["n_test"]) == ("accuracy", 6, 6)
+  assert set(t["scores"]) == {"pretrained", "logmel"}

@@ -22,7 +22,7 @@ def parse_args(argv=None) -> argparse.Namespace:
              "--audioset_dir). Evaluation runs on JAX process 0 only.")
   p.add_argument("--workdir", required=True, help="training run directory (config.json, checkpoints/)")
   p.add_argument("--tasks", nargs="+", default=None,
-                 help="tasks to evaluate (default: config.eval.tasks of the run)")
+                 help="tasks to evaluate, space- or comma-separated (default: the run's config.eval.tasks)")
   p.add_argument("--probe", choices=("linear", "mlp"), default=None, help="default: config.eval.probe")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   p.add_argument("--finetune", action="store_true", help="also fine-tune the whole encoder (slow on CPU)")
@@ -36,18 +36,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  logging.basicConfig(level=logging.WARNING, format="%(message)s")
+  logging.getLogger("avcl").setLevel(logging.INFO)  # Our progress lines, without orbax's INFO chatter.
   from avcl.evaluate import runner
   config = None
   overrides = {"data.root": args.data_root, "eval.tfds_data_dir": args.tfds_data_dir,
-               "eval.audioset_dir": args.audioset_dir, "eval.max_examples_per_split": args.max_examples_per_split}
+               "eval.audioset_dir": args.audioset_dir,
+               "eval.max_examples_per_split": args.max_examples_per_split}
   if any(v is not None for v in overrides.values()):
     config = runner.with_eval_defaults(runner.load_run_config(args.workdir))
     for key, value in overrides.items():
       if value is not None:
         section, field = key.split(".")
         config[section][field] = value
-  runner.evaluate(args.workdir, config, args.tasks, step=args.step, probe=args.probe,
+  tasks = [t for arg in args.tasks for t in arg.split(",") if t] if args.tasks else None
+  runner.evaluate(args.workdir, config, tasks, step=args.step, probe=args.probe,
                   finetune=True if args.finetune else None, progress=not args.no_progress)
   return 0
 

@@ -27,7 +27,8 @@ import tqdm
 
 from avcl.evaluate import metrics
 
-LINEAR_L2_GRID = (1.0, 3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5)  # Strongest first: ties go to it.
+# Strongest first: on a tie of validation scores the stronger penalty wins.
+LINEAR_L2_GRID = (1.0, 3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5)
 MLP_L2_GRID = (1e-2, 1e-3, 1e-4)
 LR_GRID = (3e-3, 1e-3, 3e-4)
 

@@ -88,7 +88,8 @@ def plot(results: dict, path: str, *, title: str = "") -> None:
         ys.append(100 * results["tasks"][n]["scores"][c])
     bars = ax.bar(xs, ys, width, label=c, color=colors.get(c))
     ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
-  labels = [f"{n}\n{results['tasks'][n]['metric']}\nn={results['tasks'][n]['n_test']}" for n in names]
+  labels = [f"{n} ({results['tasks'][n]['metric']})\nn_train={results['tasks'][n]['n_train']}\n"
+            f"n_test={results['tasks'][n]['n_test']}" for n in names]
   ax.set_xticks(range(len(names)), labels, fontsize=8)
   ax.set_ylabel("test score (%)")
   ax.set_ylim(0, 105)

@@ -9,9 +9,10 @@ then fits the probe (`config.eval.probe`) on each embedding and scores it on the
 (`config.eval.finetune`) it also fine-tunes the whole encoder (`finetuned`). It writes
 `WORKDIR/eval/results.json`, `results.md`, `results.png` and `details.json`, and prints the table.
 
-Multi-process runs: evaluation runs on process 0 only, on its local devices, with no collective; every
-other process returns `{}` straight away (so all processes may call it after training). Runs use plain
-`jax.jit` on the default (local) device.
+Multi-process runs: call `evaluate` on every process (as `avcl.main` does). The checkpoint restore is
+collective (orbax synchronises the processes; each process restores a copy onto its own first device);
+then process 0 alone embeds, probes and writes the report with plain `jax.jit` on that device (no
+collective), while the others wait at a barrier until it is done and return `{}`.
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ from avcl.evaluate import probes, report
 from avcl.evaluate import tasks as tasks_lib
 
 EMBEDDINGS = ("pretrained", "random_init", "logmel")
+log = logging.getLogger(__name__)
+# Training features (examples x dims) above which the linear probe trains by minibatch Adam instead of
+# full-batch L-BFGS (e.g. AudioSet's 2M clips); ~400 MB of float32.
+FULL_BATCH_LIMIT = 100_000_000
 
 
 def validate_eval_config(e) -> None:
@@ -165,10 +170,13 @@ def evaluate_model(model, config, *, step: int, out_dir: str | None, tasks: Sequ
     scores, task_details = {}, {"source": task.source, "n_val": int(labels["validation"].shape[0]),
                                 "probes": {}}
     for name in embedders:
+      kwargs = dict(probe_kwargs)
+      if probe == "linear" and feats["train"][name].size > FULL_BATCH_LIMIT:
+        kwargs["optimizer"] = "adam"  # Too big for full-batch L-BFGS: minibatch Adam, lr picked too.
       r = probes.run_probe(
           probe, *(probes.Split(feats[s][name], labels[s]) for s in tasks_lib.SPLITS),
           num_classes=task.num_classes, multi_label=task.multi_label, seed=int(config.seed),
-          progress=progress, desc=f"{task.name}/{name} {probe} probe", **probe_kwargs)
+          progress=progress, desc=f"{task.name}/{name} {probe} probe", **kwargs)
       scores[name] = float(r.score)
       task_details["probes"][name] = dataclasses.asdict(r)
     if finetune:
@@ -180,8 +188,8 @@ def evaluate_model(model, config, *, step: int, out_dir: str | None, tasks: Sequ
                                    "n_test": int(labels["test"].shape[0]), "scores": scores}
     task_details["seconds"] = round(time.time() - t0, 1)
     details["tasks"][task.name] = task_details
-    logging.info("eval %s: %s (%.0f s)", task.name,
-                 ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()), task_details["seconds"])
+    log.info("eval %s: %s (%.0f s)", task.name,
+             ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()), task_details["seconds"])
   if out_dir is not None:
     report.write(results, out_dir, details=details)
   if print_table:
@@ -195,16 +203,42 @@ def evaluate(workdir: str, config=None, tasks: Sequence[str] | None = None, *, s
 
   `config`: overrides the run's config.json for the `eval` and `data` fields; its `model` and `audio`
   must match the checkpoint's (an error names the first field that differs). Returns the results.json
-  dict; `{}` on processes other than 0 (see module docstring).
+  dict; `{}` on processes other than 0. Call it on every process (the restore is collective).
   """
-  if jax.process_index() != 0:
-    logging.info("evaluate: process %d leaves evaluation to process 0", jax.process_index())
-    return {}
   from avcl import checkpoints
+  # Every process takes part in the restore (orbax synchronises processes inside it).
   model, checkpoint_config, restored_step = checkpoints.restore_model(workdir, step)
   if config is None:
     config = checkpoint_config
   else:
     check_same_architecture(config, checkpoint_config, where=f"{workdir}/config.json")
-  return evaluate_model(model, config, step=int(restored_step), out_dir=os.path.join(workdir, "eval"),
-                        tasks=tasks, probe=probe, finetune=finetune, progress=progress)
+  try:
+    if jax.process_index() != 0:
+      log.info("evaluate: process %d leaves evaluation to process 0", jax.process_index())
+      return {}
+    return evaluate_model(model, config, step=int(restored_step), out_dir=os.path.join(workdir, "eval"),
+                          tasks=tasks, probe=probe, finetune=finetune, progress=progress)
+  finally:
+    _wait_for_process_zero()
+
+
+_BARRIERS = [0]
+
+
+def _wait_for_process_zero(timeout_hours: float = 24.0) -> None:
+  """Holds every process until process 0 has finished evaluating.
+
+  Without it the other processes would reach jax.distributed's shutdown barrier (minutes of timeout)
+  long before process 0 is done and take the whole job down. The coordination service's barrier is
+  used (not a device collective) because it can wait for hours.
+  """
+  if jax.process_count() == 1:
+    return
+  _BARRIERS[0] += 1
+  from jax._src import distributed  # The coordination client: the one barrier with a long timeout.
+  client = distributed.global_state.client
+  if client is None:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"avcl_evaluate_done_{_BARRIERS[0]}")
+    return
+  client.wait_at_barrier(f"avcl_evaluate_done_{_BARRIERS[0]}", int(timeout_hours * 3600 * 1000))
