@@ -5,11 +5,10 @@ Run (generates the embedded world into $AVCL_DATA or ~/.cache/avcl/embedded on f
     python -m avcl.main --config configs/default.py --workdir workdirs/default --mode train_and_eval
 
 Sized for: a 2-core, 24 GiB CPU machine (also runs unchanged on 8 simulated CPU devices or one GPU).
-Measured (train branch, 2026-11-25, world of 1600 pretraining clips, 1 CPU device on a 2-core machine shared
-with other jobs at load 6-11): 600 steps used 695 CPU-seconds in all (start-up and compile included; about
-1.0 CPU-s per step), 29 min of wall time under that load and ~0.6 s per step in its last 100 steps when the
-load eased; from these, about 6-7 min on an idle 2-core machine (an estimate: no idle machine was available). The logged loss went from 4.30 (step 20) to 3.30 (step 600) against a
-chance level of log(64) = 4.16, with audio-to-video top-1 12.7% (chance 1.6%).
+Measured (train branch, 2026-11-25, `--mode train` on a world of 1600 pretraining clips, 1 CPU device on
+the 2-core machine at load average ~2 from other jobs): 6 min 31 s wall in all (start-up, compile and
+checkpoints included; ~0.58 s per step), 660 CPU-seconds. The logged loss went from 4.29 (step 20) to 3.30
+(step 600) against a chance level of log(64) = 4.16; audio-to-video top-1 11.6% (chance 1.6%).
 Expected: the contrastive loss falls well below log(global_batch); the eval table shows the pretrained
 encoder ahead of random initialisation (numbers in README.md, measured on main).
 """
