@@ -25,7 +25,7 @@ the exact distribution is ours and lives in `config.augment.mix`:
   The optional second log-mel view ("logmel2", for the audio-only pair) repeats 1-5 from the clean
   waveform with an independent key (its own gain, partner, weight and masks).
 """
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from etils import epath
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -136,6 +136,7 @@ def restore_model(workdir: str | epath.Path, step: int | None = None
   that do not match the architecture in WORKDIR/config.json.
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
+
   from avcl import train as train_lib  # pylint: disable=g-import-not-at-top
 
   workdir = epath.Path(workdir)

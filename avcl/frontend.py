@@ -19,7 +19,7 @@ How it is computed, and why:
 import functools
 import math
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -23,13 +23,13 @@ implementations of the row computation, equal to float32 rounding:
   arrives home after n hops). Same online log-sum-exp and recomputing VJP. Memory O(b tile + b d).
 """
 import functools
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
-import numpy as np
 
 IMPLS = ("plain", "tiled", "ring")
 EMBEDDING_KEYS = ("logmel", "logmel2", "wave", "video")

@@ -21,9 +21,7 @@ import os
 import subprocess
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -120,6 +118,7 @@ def ensure_world(config) -> None:
 def run(config, workdir: str, mode: str) -> dict:
   """Runs `mode` for `config` in `workdir`; returns {"train": ..., "eval": ...} results."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from avcl import config_validation  # pylint: disable=g-import-not-at-top
 
   # Validate first: a bad override fails here, before data generation or any compile.

@@ -8,7 +8,8 @@ and the learned temperature are excluded, because decaying them only fights the 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

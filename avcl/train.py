@@ -21,25 +21,22 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
-from absl import logging
-from etils import epath
-from flax import nnx
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
+from etils import epath
+from flax import nnx
+from jax.experimental import multihost_utils
 
 from avcl import augment as augment_lib
-from avcl import checkpoints
-from avcl import config_validation
+from avcl import checkpoints, config_validation, models, optim, sharding
 from avcl import frontend as frontend_lib
-from avcl import models
-from avcl import optim
-from avcl import sharding
 
 # Minimum temperature when it is learned (CLIP's 1/100 clamp): below it the logits overflow.
 MIN_TEMPERATURE = 0.01

@@ -21,8 +21,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from avcl import sharding  # noqa: E402
-from avcl import train  # noqa: E402
+from avcl import (
+  sharding,  # noqa: E402
+  train,  # noqa: E402
+)
 from configs import default as default_config  # noqa: E402
 from configs import paper_audioset  # noqa: E402
 

@@ -38,10 +38,9 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
-from data_pipeline import ingest
-from data_pipeline import schema
+from data_pipeline import ingest, schema
 
 log = logging.getLogger("data_pipeline.beam_ingest")
 
@@ -227,12 +226,13 @@ def build_pipeline(p, plan: Plan, options: ingest.Options, shard_clips: int):
                                                                         shard_clips=shard_clips)))
 
 
-def run(input_path: str, output: str, *, labels_csv: str | None = None, options: ingest.Options = ingest.Options(),
+def run(input_path: str, output: str, *, labels_csv: str | None = None, options: ingest.Options | None = None,
         shard_clips: int = 256, split: str = "train", strict: bool = False,
         pipeline_args: Sequence[str] = ()) -> dict:
   """Plans, runs the Beam pipeline on the pending shards, writes and returns the manifest."""
   import apache_beam as beam
   from apache_beam.options.pipeline_options import PipelineOptions
+  options = options or ingest.Options()
   t0 = time.perf_counter()
   plan = make_plan(input_path, output, labels_csv=labels_csv, options=options, shard_clips=shard_clips,
                    split=split)
@@ -260,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog="python -m data_pipeline.beam_ingest", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog="Unrecognised flags are Beam pipeline options (--runner, --project, ...).")
-  p.add_argument("--input", required=True, help="Folder of videos (local, recursive) or CSV path[,start_s,end_s,labels].")
+  p.add_argument("--input", required=True,
+                 help="Folder of videos (local, recursive) or CSV path[,start_s,end_s,labels].")
   p.add_argument("--output", required=True, help="Output folder (local or gs://) for shards and manifest.json.")
   p.add_argument("--labels", default=None, help="Label vocabulary CSV: name, or index,name[,alias...] rows.")
   p.add_argument("--strict", action="store_true", help="Fail the run (at the end) if any input was skipped.")

@@ -48,7 +48,7 @@ import multiprocessing
 import os
 import sys
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

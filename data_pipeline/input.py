@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from data_pipeline import schema
 

@@ -36,7 +36,7 @@ import glob
 import os
 import re
 import struct
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -232,7 +232,7 @@ def import_tf():
       # Devices were already initialised (someone imported TF before us); they must already be hidden.
       if tf.config.get_visible_devices("GPU"):
         raise RuntimeError("TensorFlow was initialised with a visible GPU before data_pipeline could hide "
-                           "it; call data_pipeline.schema.import_tf() before using TensorFlow.")
+                           "it; call data_pipeline.schema.import_tf() before using TensorFlow.") from None
     _TF = tf
   return _TF
 

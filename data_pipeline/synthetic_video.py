@@ -7,7 +7,7 @@ clip whose audio-visual alignment can be checked after ingest and cropping.
 from __future__ import annotations
 
 import fractions
-from typing import Sequence
+from collections.abc import Sequence
 
 import av
 import numpy as np

@@ -11,7 +11,8 @@ import shlex
 import socket
 import subprocess
 import sys
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 # `--override` keys are dotted config paths: `train.global_batch_size`, `seed`.
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

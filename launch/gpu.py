@@ -36,9 +36,7 @@ import shutil
 import subprocess
 import sys
 
-from launch import common
-from launch import local
-from launch import procs
+from launch import common, local, procs
 
 # The types XLA 0.10 accepts in --xla_gpu_enable_command_buffer (an unknown one aborts at start-up).
 COMMAND_BUFFER_TYPES = ("FUSION", "CUBLAS", "CUBLASLT", "CUSTOM_CALL", "CUDNN", "COLLECTIVES", "CONDITIONAL",

@@ -19,8 +19,7 @@ import os
 import re
 import sys
 
-from launch import common
-from launch import procs
+from launch import common, procs
 
 
 def cpu_xla_flags(devices: int, inherited: str = "") -> str:

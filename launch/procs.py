@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 
 @dataclasses.dataclass

@@ -25,12 +25,10 @@ import math
 import os
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from launch import common
-from launch import local
-from launch import procs
-from launch import sweep_utils
+from launch import common, local, procs, sweep_utils
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_INFO = "sweep_run.json"  # Written by this launcher into each run's workdir.

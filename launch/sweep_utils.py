@@ -18,7 +18,8 @@ import builtins
 import itertools
 import math
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 Overrides = dict[str, Any]
 

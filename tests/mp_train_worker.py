@@ -32,8 +32,10 @@ def main():
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes,
                              process_id=args.process_id)
   from avcl import train  # pylint: disable=g-import-not-at-top
-  from tests import test_train  # pylint: disable=g-import-not-at-top
-  from tests import tiny_data  # pylint: disable=g-import-not-at-top
+  from tests import (
+    test_train,  # pylint: disable=g-import-not-at-top
+    tiny_data,  # pylint: disable=g-import-not-at-top
+  )
 
   config = test_train.multiprocess_config(args.num_steps)
 

@@ -11,8 +11,7 @@ must log the same losses. Each process writes `LOSSES_OUT.p<i>.json`: the step i
 import json
 import os
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from avcl import main as avcl_main  # Defines --config, --workdir, --distributed, ... (reused as is).
 
@@ -22,6 +21,7 @@ _LOSSES_OUT = flags.DEFINE_string("losses_out", None, "Path prefix of the per-pr
 def fixed_batches(config, start_step: int, process_index: int, process_count: int):
   """This process's rows of the global batch of every step after `start_step` (noise, but deterministic)."""
   import numpy as np
+
   from avcl import train
   b = config.train.global_batch_size
   rows = slice(process_index * b // process_count, (process_index + 1) * b // process_count)
@@ -43,6 +43,7 @@ def main(argv):
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")
   import jax
+
   from avcl import checkpoints, train
   avcl_main.initialize_distributed(avcl_main._DISTRIBUTED.value, avcl_main._COORDINATOR.value,  # pylint: disable=protected-access
                                    avcl_main._NUM_PROCESSES.value, avcl_main._PROCESS_ID.value)  # pylint: disable=protected-access

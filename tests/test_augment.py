@@ -182,7 +182,8 @@ def test_bad_config_names_field(field, value):
 
 def test_augment_batch_sharded_equals_unsharded():
   """Global-view code: the same key and batch give the same result on 1 device and on 8 shards."""
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
   c = get_config()
   c.augment.mix.audio_domain = "logmel"
   fe = frontend.from_config(c.audio)

@@ -4,11 +4,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from avcl import checkpoints
-from avcl import train
+from avcl import checkpoints, train
 from configs import test_tiny
-from tests import test_train
-from tests import tiny_data
+from tests import test_train, tiny_data
 
 
 @pytest.fixture(scope="module")

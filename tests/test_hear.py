@@ -1,5 +1,4 @@
 """avcl.hear: the HEAR 2021 API on a tiny random-init encoder (shapes, dtypes, timestamps, any length)."""
-import os
 
 import numpy as np
 import pytest

@@ -10,13 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from launch import common
-from launch import gpu
-from launch import local
-from launch import procs
-from launch import sweep
-from launch import sweep_utils
-from launch import tpu
+from launch import common, gpu, local, procs, sweep, sweep_utils, tpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -329,7 +323,7 @@ def test_group_failure_stops_the_others(tmp_path):
 
 
 def test_group_success_signal_and_timeout(tmp_path):
-  ok = [procs.Member(_py(f"import os; print(os.environ['X'])"), {"X": str(i)}, str(tmp_path / f"{i}.log"))
+  ok = [procs.Member(_py("import os; print(os.environ['X'])"), {"X": str(i)}, str(tmp_path / f"{i}.log"))
         for i in range(2)]
   assert procs.run_group(ok) == 0
   assert [(tmp_path / f"{i}.log").read_text().strip() for i in range(2)] == ["0", "1"]

@@ -1,11 +1,11 @@
 """avcl.losses: InfoNCE vs numpy float64, gradients, plain == tiled == ring, 1 device == 8 devices."""
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 from avcl import losses

@@ -10,11 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from avcl import checkpoints
-from avcl import config_validation
-from avcl import optim
-from avcl import sharding
-from avcl import train
+from avcl import checkpoints, config_validation, optim, sharding, train
 from configs import default as default_config
 from configs import test_tiny
 from tests import tiny_data
@@ -263,7 +259,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path)
       yield b
 
   work = str(tmp_path / "nan")
-  with pytest.raises(train.NonFiniteLossError, match=r"non-finite loss=nan, grad_norm=nan at step 5: stopping; the last good checkpoint "
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"non-finite loss=nan, grad_norm=nan at step 5: stopping; the last good checkpoint "
                      r"is step 4"):
     train.train(config, work, batches=batches())
   state, steps = _restore_all(work, 4, config)

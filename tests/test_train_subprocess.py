@@ -13,10 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from avcl import checkpoints
-from avcl import train
-from tests import test_train
-from tests import tiny_data
+from avcl import checkpoints, train
+from tests import test_train, tiny_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,7 +17,8 @@ import dataclasses
 import functools
 import itertools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import ml_collections

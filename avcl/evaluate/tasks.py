@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import os
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from scipy import signal

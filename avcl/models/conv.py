@@ -5,7 +5,7 @@ parameters; `dtype` is the compute dtype (bfloat16 halves activation memory and 
 cores at full rate).
 """
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -18,7 +18,7 @@ frame side s, so the last stage still sees >= 2x2 positions at 16-112 px:
   s < 32: 7x7 stride-1 conv, no max-pool (/1).
 The rule changes no parameter, so one model runs at every resolution.
 """
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -94,7 +94,7 @@ class _Renderer:
       out[pos:] = np.frombuffer(self.synth.generate(total - pos), np.float32).reshape(-1, 2)
     return out.mean(axis=1)
 
-  @functools.cache
+  @functools.cache  # noqa: B019 (one renderer per worker process lives as long as the process)
   def playable_keys(self, program: int, low: int, high: int) -> tuple[int, ...]:
     """Keys in [low, high] for which the soundfont has a sample on `program` (TimGM6mb leaves a few holes,
     e.g. the whistle's top octave): probed once per process by rendering a 50 ms note."""
