@@ -11,6 +11,7 @@ commits); file operations go through etils.epath so WORKDIR may be a gs:// path.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import jax
@@ -54,12 +55,18 @@ def load_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
 
 
 # Manager -------------------------------------------------------------------------------------------------
+def absolute(workdir: str | epath.Path) -> epath.Path:
+  """`workdir` as an absolute path: orbax refuses relative ones (remote URLs such as gs:// pass through)."""
+  text = os.fspath(workdir)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 def make_manager(workdir: str | epath.Path, *, keep: int | None = None, read_only: bool = False
                  ) -> ocp.CheckpointManager:
   """Orbax manager of WORKDIR/checkpoints keeping the `keep` newest steps (async saves)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
                                          enable_async_checkpointing=True)
-  return ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINT_DIR,
+  return ocp.CheckpointManager(absolute(workdir) / CHECKPOINT_DIR,
                                item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler()}, options=options)
 
 

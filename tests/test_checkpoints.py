@@ -64,3 +64,17 @@ def test_restore_model_names_mismatched_parameter_shapes(tmp_path, trained):
   message = str(e.value)
   assert "does not match the config's architecture" in message
   assert "model/heads/logmel/" in message and "(8,)" in message and "(12,)" in message, message
+
+
+def test_relative_workdir_trains_and_restores(tmp_path, monkeypatch):
+  """README's main command passes a relative workdir; orbax itself only takes absolute paths."""
+  config = test_tiny.get_config()
+  config.train.num_steps = 2
+  config.train.checkpoint_every = 2
+  monkeypatch.chdir(tmp_path)
+  with tiny_data.compilation_cache():
+    train.train(config, "workdirs/rel", batches=(tiny_data.global_batch(s, config) for s in range(2)))
+  assert (tmp_path / "workdirs" / "rel" / "checkpoints" / "2").is_dir()
+  assert checkpoints.restore_model("workdirs/rel")[2] == 2
+  assert str(checkpoints.absolute("workdirs/rel")) == str(tmp_path / "workdirs" / "rel")
+  assert str(checkpoints.absolute("gs://bucket/run")) == "gs://bucket/run"
