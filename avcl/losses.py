@@ -139,21 +139,29 @@ def _rows_tiled_fwd(q, keys, inv_t, offset, tile):
   return (loss, correct), (q, keys, inv_t, offset, lse)
 
 
+def _softmax_grads_over_tiles(q, key_tiles, n, inv_t, lse, dq, dinv):
+  """Walks key tiles [n_tiles, tile, d] (n real rows) accumulating the softmax part of the gradient.
+
+  Returns (dq + sum of tile contributions, dinv + ..., dkeys [n, d]); shared by the tiled and ring VJPs.
+  """
+  t = key_tiles.shape[1]
+
+  def body(carry, xs):
+    dq_, dinv_ = carry
+    i, key_tile = xs
+    pk, ptq, pqk = _softmax_grads(q, key_tile, inv_t, lse, i * t, n)
+    return (dq_ + pk, dinv_ + pqk), ptq
+
+  (dq, dinv), dk_tiles = lax.scan(body, (dq, dinv), (jnp.arange(key_tiles.shape[0]), key_tiles))
+  return dq, dinv, dk_tiles.reshape(-1, key_tiles.shape[2])[:n]
+
+
 def _rows_tiled_bwd(tile, res, cotangents):
   q, keys, inv_t, offset, lse = res
   g = cotangents[0]  # The accuracy output is not differentiable.
   key_tiles, n = _tiles(keys, tile)
-  t = key_tiles.shape[1]
-
-  def body(carry, xs):
-    dq, dinv = carry
-    i, key_tile = xs
-    pk, ptq, pqk = _softmax_grads(q, key_tile, inv_t, lse, i * t, n)
-    return (dq + pk, dinv + pqk), ptq
-
-  (dq, dinv), dk_tiles = lax.scan(body, (jnp.zeros_like(q), jnp.zeros_like(q, shape=())),
-                                  (jnp.arange(key_tiles.shape[0]), key_tiles))
-  dk = dk_tiles.reshape(-1, keys.shape[1])[:n]
+  dq, dinv, dk = _softmax_grads_over_tiles(q, key_tiles, n, inv_t, lse,
+                                           jnp.zeros_like(q), jnp.zeros_like(q, shape=()))
   # The positive term -s_ii: its gradient is -k_pos on q, -q on the positive columns.
   k_pos = lax.dynamic_slice_in_dim(keys, offset, q.shape[0])
   dq = dq - k_pos
@@ -228,16 +236,8 @@ def _rows_ring_bwd(axis, n, tile, res, cotangents):
   def hop(carry, _):
     dq, dinv, block, dblock = carry
     key_tiles, nb = _ring_block_tiles(block, tile)
-    t = key_tiles.shape[1]
-
-    def body(c, xs):
-      dq_, dinv_ = c
-      i, key_tile = xs
-      pk, ptq, pqk = _softmax_grads(q, key_tile, inv_t, lse, i * t, nb)
-      return (dq_ + pk, dinv_ + pqk), ptq
-
-    (dq, dinv), dk_tiles = lax.scan(body, (dq, dinv), (jnp.arange(key_tiles.shape[0]), key_tiles))
-    dblock = dblock + dk_tiles.reshape(-1, block.shape[1])[:nb]
+    dq, dinv, dk_block = _softmax_grads_over_tiles(q, key_tiles, nb, inv_t, lse, dq, dinv)
+    dblock = dblock + dk_block
     # The block and its gradient accumulator travel together; after n hops both are home again.
     block, dblock = lax.ppermute((block, dblock), axis, _ring_perm(n))
     return (dq, dinv, block, dblock), None
