@@ -19,6 +19,7 @@ from flax import nnx
 from avcl.models.batch_norm import BatchNorm
 from avcl.models.conv import conv, he_normal
 from avcl.models.pooling import avg_pool, max_plus_mean_over_time, smooth_time
+from avcl.models.stack import run_blocks
 
 
 class ConvBlock(nnx.Module):
@@ -66,11 +67,7 @@ class Cnn14(nnx.Module):
                        f"got {x.shape[1]}")
     x = self.bn0(x, train=train)  # float32 statistics over batch and time, per mel bin
     x = x.astype(self.dtype)[..., None]  # [b, t, f, 1]
-    for block in self.blocks:
-      if self.remat:
-        x = nnx.remat(lambda blk, y: blk(y, train=train))(block, x)
-      else:
-        x = block(x, train=train)
+    x = run_blocks(self.blocks, x, remat=self.remat, train=train)
     x = jnp.mean(x.astype(jnp.float32), axis=2)  # mean over frequency: [b, t, c]
     x = max_plus_mean_over_time(smooth_time(x))
     return jax.nn.relu(self.fc(x.astype(self.dtype)))

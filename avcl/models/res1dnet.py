@@ -24,6 +24,7 @@ from flax import nnx
 from avcl.models.batch_norm import BatchNorm
 from avcl.models.conv import conv, he_normal
 from avcl.models.pooling import avg_pool, max_plus_mean_over_time, max_pool
+from avcl.models.stack import run_blocks
 
 CHANNEL_MULTIPLIERS = (1, 2, 4, 8, 16, 16, 32)
 STRIDES = (1, 4, 4, 4, 4, 4, 4)
@@ -96,10 +97,6 @@ class Res1dNet(nnx.Module):
       raise ValueError(f"res1dnet31 with depth {self.depth} needs >= {min_samples(self.depth)} samples, "
                        f"got wave of {x.shape[1]}")
     x = self.bn0(self.conv0(x.astype(self.dtype)[..., None]), train=train)
-    for block in self.blocks:
-      if self.remat:
-        x = nnx.remat(lambda blk, y: blk(y, train=train))(block, x)
-      else:
-        x = block(x, train=train)
+    x = run_blocks(self.blocks, x, remat=self.remat, train=train)
     x = max_plus_mean_over_time(x.astype(jnp.float32))
     return jax.nn.relu(self.fc(x.astype(self.dtype))).astype(jnp.float32)

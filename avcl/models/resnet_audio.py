@@ -15,6 +15,7 @@ from flax import nnx
 from avcl.models.batch_norm import BatchNorm
 from avcl.models.conv import conv
 from avcl.models.pooling import max_plus_mean_over_time
+from avcl.models.stack import run_blocks
 
 
 class BasicBlock2d(nnx.Module):
@@ -66,10 +67,6 @@ class ResNetAudio(nnx.Module):
       raise ValueError(f"resnet expects log-mel [batch, frames, {self.n_mels}], got shape {x.shape}")
     x = self.bn0(x, train=train).astype(self.dtype)[..., None]  # [b, t, f, 1]
     x = jax.nn.relu(self.stem_bn(self.stem(x), train=train))
-    for block in self.blocks:
-      if self.remat:
-        x = nnx.remat(lambda blk, y: blk(y, train=train))(block, x)
-      else:
-        x = block(x, train=train)
+    x = run_blocks(self.blocks, x, remat=self.remat, train=train)
     x = jnp.mean(x.astype(jnp.float32), axis=2)  # mean over mel: [b, t, c]
     return max_plus_mean_over_time(x)

@@ -26,6 +26,7 @@ from flax import nnx
 
 from avcl.models.batch_norm import BatchNorm
 from avcl.models.conv import conv
+from avcl.models.stack import run_blocks
 
 
 def temporal_shift(x: jax.Array, shift_fraction: float) -> jax.Array:
@@ -125,11 +126,7 @@ class TSMResNet(nnx.Module):
     if pool:
       # A Python scalar init value: an array init makes reduce_window non-differentiable in JAX.
       x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
-    for block in self.blocks:
-      if self.remat:
-        x = nnx.remat(lambda blk, y: blk(y, num_frames=t, train=train))(block, x)
-      else:
-        x = block(x, num_frames=t, train=train)
+    x = run_blocks(self.blocks, x, remat=self.remat, num_frames=t, train=train)
     x = jax.nn.relu(self.final_bn(x, train=train))
     return x.reshape((b, t) + x.shape[1:])
 
