@@ -6,7 +6,7 @@ A sweep config is an ordinary config file (`get_config()`, the base of every run
     python -m launch.sweep --config configs/sweeps/tiny.py --dry-run        # list runs and commands
     python -m launch.sweep --config configs/sweeps/tiny.py                  # run them here
     python -m launch.sweep --config configs/sweeps/tiny.py --summary-only   # table from results so far
-    python -m launch.sweep --config configs/sweeps/resolution_batch.py --backend tpu \
+    python -m launch.sweep --config configs/sweeps/resolution.py --backend tpu \
         --name avcl-v4 --zone us-central2-b --accelerator-type v4-32 --workdir-root gs://BUCKET/sweeps
 
 Run `i` goes to `WORKDIR_ROOT/<name>`, the name built from its overrides (`frame_size=16,seed=0`). A run
@@ -28,10 +28,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from launch import common, local, procs, sweep_utils
+from launch import common, local, procs, study_plots, sweep_utils
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_INFO = "sweep_run.json"  # Written by this launcher into each run's workdir.
+# Baseline scores of results.json that the summary carries beside the tabulated score, as reference rows.
+REFERENCE_SCORES = ("logmel", "random_init")
 
 
 def load_sweep(config_path: str) -> list[dict[str, Any]]:
@@ -49,6 +51,18 @@ def load_sweep(config_path: str) -> list[dict[str, Any]]:
   if not isinstance(sweep, list) or not sweep or not all(isinstance(r, dict) for r in sweep):
     raise ValueError(f"{config_path}: get_sweep() must return a non-empty list of dicts, got {sweep!r:.200}")
   return sweep
+
+
+def load_plots(config_path: str, sweep: Sequence[dict]) -> list[dict]:
+  """The config's `get_plots()` specs (see launch/study_plots.py), checked against the swept keys; [] if none."""
+  spec = importlib.util.spec_from_file_location("avcl_sweep_config_plots", config_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  plots = module.get_plots() if hasattr(module, "get_plots") else []
+  swept = sorted({k for run in sweep for k in run})
+  for p in plots:
+    study_plots.check_spec(p, swept)
+  return plots
 
 
 def join_path(root: str, name: str) -> str:
@@ -127,6 +141,9 @@ def summarise(sweep: Sequence[dict], names: Sequence[str], root: str, score: str
       row["status"] = "done"
       row["checkpoint_step"] = res.get("checkpoint_step")
       for task, t in res.get("tasks", {}).items():
+        for other, value in t.get("scores", {}).items():
+          if other in REFERENCE_SCORES and other != score:
+            row.setdefault("reference", {}).setdefault(other, {})[task] = value
         if score in t.get("scores", {}):
           row["scores"][task] = t["scores"][score]
           row["metrics"][task] = t.get("metric")
@@ -153,7 +170,16 @@ def summarise(sweep: Sequence[dict], names: Sequence[str], root: str, score: str
     if g["speeds"]:
       g["clips_per_s"] = _mean_std(g["speeds"])[0]
     grouped.append(g)
-  return {"score": score, "tasks": tasks, "runs": runs, "grouped": grouped}
+  reference: dict[str, dict[str, float]] = {}
+  for name in REFERENCE_SCORES:  # Baselines do not depend on the swept keys: their mean over every run.
+    per_task: dict[str, list[float]] = {}
+    for row in runs:
+      for task, v in row.get("reference", {}).get(name, {}).items():
+        per_task.setdefault(task, []).append(v)
+    if per_task:
+      reference[name] = {task: _mean_std(xs)[0] for task, xs in per_task.items()}
+      reference[name + "_spread"] = {task: max(xs) - min(xs) for task, xs in per_task.items()}
+  return {"score": score, "tasks": tasks, "runs": runs, "grouped": grouped, "reference": reference}
 
 
 def format_table(summary: dict) -> str:
@@ -173,6 +199,14 @@ def format_table(summary: dict) -> str:
       point = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in g["overrides"].items()) or "base"
       cells = [f"{g['mean'][t]:.3f} ± {g['std'][t]:.3f}" if t in g["mean"] else "-" for t in tasks]
       lines.append(f"| {point} | {len(g['seeds'])} | {speed(g)} | {' | '.join(cells)} |")
+  refs = [(name, summary["reference"][name]) for name in REFERENCE_SCORES if summary.get("reference", {}).get(name)]
+  if refs:
+    lines += ["", f"| baseline (mean over runs) | {' | '.join(tasks)} |", "|" + " --- |" * (1 + len(tasks))]
+  for name, ref in refs:
+    spread = summary["reference"].get(name + "_spread", {})
+    cells = [f"{ref[t]:.3f}" + (f" (range {spread[t]:.3f})" if spread.get(t) else "") if t in ref else "-"
+             for t in tasks]
+    lines.append(f"| {name} | {' | '.join(cells)} |")
   return "\n".join(lines)
 
 
@@ -233,6 +267,7 @@ def main(argv=None) -> int:
   try:
     sweep = load_sweep(a.config)
     names = sweep_utils.run_names(sweep)
+    plots = load_plots(a.config, sweep)  # Checked now, not after hours of runs.
     base = common.parse_overrides(a.override)
     clash = sorted(set(base) & {k for run in sweep for k in run})
     if clash:
@@ -297,6 +332,11 @@ def main(argv=None) -> int:
   summary["failed"] = failed
   write_summary(summary, root)
   print(format_table(summary), flush=True)
+  if "://" not in root and any(r["status"] == "done" for r in summary["runs"]):
+    for spec in plots:
+      path = join_path(root, spec["file"])
+      study_plots.plot(summary, spec, path)
+      print(f"[sweep] wrote {path}", flush=True)
   if failed:
     print(f"[sweep] {len(failed)} failed: {', '.join(failed)}", flush=True)
   return 1 if failed else 0

@@ -371,7 +371,7 @@ def test_run_names_distinct_and_readable():
     sweep_utils.run_names([{"k": 1}, {"k": 1}])
 
 
-SWEEPS = ["tiny", "av_vs_audio", "resolution_batch", "mixing_batch"]
+SWEEPS = ["tiny", "av_vs_audio", "resolution", "mixing_batch"]
 
 
 @pytest.mark.parametrize("name", SWEEPS)
@@ -417,11 +417,11 @@ def test_av_vs_audio_changes_the_pair_only():
 
 
 def test_sweep_dry_run_lists_distinct_workdirs(capsys, no_subprocess, tmp_path):
-  sweep.main(["--config", "configs/sweeps/resolution_batch.py", "--workdir-root", str(tmp_path / "r"),
+  sweep.main(["--config", "configs/sweeps/resolution.py", "--workdir-root", str(tmp_path / "r"),
               "--override", "train.log_every=10", "--dry-run"])
   lines = _lines(capsys)
   workdirs = [next(a for a in shlex.split(l) if a.startswith("--workdir=")) for l in lines if "avcl.main" in l]
-  assert len(workdirs) == len(set(workdirs)) == 36
+  assert len(workdirs) == len(set(workdirs)) == 12
   assert all(w.startswith(f"--workdir={tmp_path}/r/data.frame_size=") for w in workdirs)
   assert all("--config.train.log_every=10" in l for l in lines if "avcl.main" in l)
   with pytest.raises(SystemExit):
@@ -468,6 +468,35 @@ def test_summary_means_and_spreads_over_seeds(tmp_path):
   np.testing.assert_allclose(g64["std"]["speaker"], scores[3:5, 1].std(ddof=1))
   table = sweep.format_table(summary)
   assert f"{scores[:3, 0].mean():.3f} ± {scores[:3, 0].std(ddof=1):.3f}" in table
+
+
+def test_summary_reference_rows_and_plots(tmp_path):
+  from PIL import Image
+
+  from launch import study_plots
+  runs = sweep_utils.product(sweep_utils.axis("augment.mix.enabled", [False, True]),
+                             sweep_utils.axis("train.global_batch_size", [32, 128]), sweep_utils.axis("seed", [0, 1]))
+  names = sweep_utils.run_names(runs)
+  for i, name in enumerate(names):
+    _results(tmp_path / name, {"keyword": 0.2 + 0.01 * i, "speaker": 0.5})
+  summary = sweep.summarise(runs, names, str(tmp_path))
+  assert summary["reference"]["logmel"] == pytest.approx({"keyword": 0.1, "speaker": 0.1})
+  assert "| logmel | 0.100 | 0.100 |" in sweep.format_table(summary)
+  spec = {"file": "p.png", "x": "train.global_batch_size", "series": "augment.mix.enabled", "log_x": True}
+  study_plots.check_spec(spec, sorted(runs[0]))
+  study_plots.plot(summary, spec, str(tmp_path / "p.png"))
+  with Image.open(tmp_path / "p.png") as im:
+    assert im.format == "PNG" and im.size[0] > 400
+  with pytest.raises(ValueError, match="frame_size.*not a swept key"):
+    study_plots.check_spec({"file": "q.png", "x": "data.frame_size"}, sorted(runs[0]))
+  with pytest.raises(ValueError, match="unknown fields"):
+    study_plots.check_spec({"file": "q.png", "x": "seed", "colour": "red"}, ["seed"])
+
+
+@pytest.mark.parametrize("name", ["av_vs_audio", "resolution", "mixing_batch"])
+def test_study_sweeps_declare_valid_plots(name):
+  path = os.path.join("configs", "sweeps", f"{name}.py")
+  assert sweep.load_plots(path, sweep.load_sweep(path))
 
 
 def test_summary_reads_throughput_from_tensorboard(tmp_path):
