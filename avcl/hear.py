@@ -84,7 +84,7 @@ class AvclHearModel(tf.Module):
     def encode(weights, windows):
       """windows f32[b, window] -> f32[b, dim] (eval-mode BatchNorm)."""
       m = nnx.merge(graphdef, jax.tree.unflatten(treedef, weights))
-      return m.encode(encoder, frontend(windows), train=False)
+      return m.encode(encoder, frontend(windows), train=False, layer=e.features)
 
     weight_shapes = [None] * len(leaves)
     self._encode_scene = jax2tf.convert(encode, polymorphic_shapes=[weight_shapes, f"(b, {self._window})"],
@@ -219,7 +219,7 @@ def numpy_reference(model, config):
   e = runner.with_eval_defaults(config).eval
   return embed_lib.Embedder(model, config.audio, window_seconds=e.window_seconds, hop_seconds=e.hop_seconds,
                             batch_size=_CHUNK, timestamp_window_seconds=e.timestamp_window_seconds,
-                            timestamp_hop_seconds=e.timestamp_hop_seconds)
+                            timestamp_hop_seconds=e.timestamp_hop_seconds, layer=e.features)
 
 
 __all__ = ["AvclHearModel", "export_saved_model", "get_scene_embeddings", "get_timestamp_embeddings",

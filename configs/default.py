@@ -118,6 +118,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.window_seconds = 2.0  # Embedding window; a clip embedding averages windows over the clip.
   c.eval.hop_seconds = 1.0  # Hop between embedding windows.
   c.eval.batch_size = 64  # Clips per embedding batch.
+  # Features probed: "pooled" (the audio encoder's globally pooled conv features, before its fc) or "output"
+  # (after the fc and ReLU, the projection head's input). Ours: "pooled", features one layer further from
+  # the contrastive objective (SimCLR's h vs g(h)); the fc's ReLU leaves units dead. Both measured in
+  # docs/evaluation.md.
+  c.eval.features = "pooled"
   c.eval.baselines = ("random_init", "logmel")  # Baselines scored beside the pretrained encoder.
   c.eval.probe = "linear"  # Probe on frozen embeddings: "linear" (softmax/sigmoid) or "mlp".
   c.eval.mlp_hidden = 512  # Hidden width of the MLP probe.

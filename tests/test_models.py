@@ -459,3 +459,28 @@ def test_video_gradient_through_max_pool_stem():
   leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
   assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
   assert any(float(jnp.abs(g).max()) > 0 for g in leaves)
+
+
+# ----------------------------------------------------------------------------------------- encode layers
+@pytest.mark.parametrize("name, shape", [("logmel", (3, 151, 64)), ("wave", (3, 24000))])
+def test_encode_pooled_is_the_fc_input(name, shape):
+  """layer="pooled" gives the features the encoder's fc reads: output == relu(fc(pooled)), in numpy."""
+  c = _cfg(**{"wave.name": "res1dnet31"})
+  model = build_model(c.model, c.audio, rngs=nnx.Rngs(0))
+  x = _rand(0, shape)
+  pooled = np.asarray(nnx.jit(lambda m, v: m.encode(name, v, layer="pooled"))(model, x), np.float64)
+  out = np.asarray(_encode(model, name, x), np.float64)
+  fc = model.encoders[name].fc
+  ref = np.maximum(pooled @ np.asarray(fc.kernel[...], np.float64) + np.asarray(fc.bias[...], np.float64), 0)
+  assert pooled.shape == out.shape == (3, model.encoders[name].feature_dim)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(pooled, out)
+  with pytest.raises(ValueError, match="encode layer must be one of"):
+    model.encode(name, x, layer="fc")
+
+
+def test_encode_pooled_of_an_encoder_without_fc_is_its_output():
+  c = _cfg(**{"logmel.name": "resnet"})
+  model = build_model(c.model, c.audio, rngs=nnx.Rngs(0))
+  x = _rand(0, (2, 101, 64))
+  np.testing.assert_array_equal(model.encode("logmel", x, layer="pooled"), model.encode("logmel", x))

@@ -2,8 +2,9 @@
 
 Clip embedding: the clip is cut into windows of `window_seconds` every `hop_seconds`, enough to cover it
 to its last sample (the last window, or the only one of a clip shorter than a window, is zero-padded); each
-window goes through the frontend and the audio encoder (`AVModel.encode`, the pooled features before the
-projection head); the clip embedding is the mean over its windows. The encoder sees windows of one fixed
+window goes through the frontend and the audio encoder (`AVModel.encode`: by default, `config.eval.features =
+"pooled"`, the globally pooled conv features before the encoder's fc; see docs/evaluation.md for why); the
+clip embedding is the mean over its windows. The encoder sees windows of one fixed
 length, the length it was trained on, so one compiled function serves clips of every duration.
 
 Timestamp embeddings: windows of `timestamp_window_seconds` centred every `timestamp_hop_seconds`, from
@@ -69,7 +70,7 @@ def _audio_key(audio_cfg) -> tuple:
 
 
 @functools.lru_cache(maxsize=16)
-def _encode_fn(graphdef, encoder: str, audio_key: tuple):
+def _encode_fn(graphdef, encoder: str, audio_key: tuple, layer: str):
   """One jitted `(state, windows f32[b, window]) -> f32[b, dim]` per architecture and frontend, so the
   pretrained and the randomly initialised encoder (same graph, other weights) share a compilation."""
   frontend = frontend_lib.from_config(ml_collections.ConfigDict(dict(audio_key))) \
@@ -77,7 +78,7 @@ def _encode_fn(graphdef, encoder: str, audio_key: tuple):
 
   @jax.jit
   def encode(state, windows):
-    return nnx.merge(graphdef, state).encode(encoder, frontend(windows), train=False)
+    return nnx.merge(graphdef, state).encode(encoder, frontend(windows), train=False, layer=layer)
 
   return encode
 
@@ -85,12 +86,13 @@ def _encode_fn(graphdef, encoder: str, audio_key: tuple):
 class Embedder:
   """Jitted, batched embeddings from the audio encoder of an `AVModel` (frozen: eval-mode BatchNorm).
 
-  Attributes: `sample_rate`, `dim` (feature dim), `window` and `hop` (samples), `encoder` ("logmel"/"wave").
+  Attributes: `sample_rate`, `dim` (feature dim), `window` and `hop` (samples), `encoder` ("logmel"/"wave"),
+  `layer` (`config.eval.features`: "pooled" or "output", see `AVModel.encode`).
   """
 
   def __init__(self, model, audio_cfg, *, window_seconds: float, hop_seconds: float, batch_size: int = 64,
                timestamp_window_seconds: float | None = None, timestamp_hop_seconds: float = 0.05,
-               encoder: str | None = None):
+               encoder: str | None = None, layer: str = "pooled"):
     for field, value in (("window_seconds", window_seconds), ("hop_seconds", hop_seconds),
                          ("timestamp_hop_seconds", timestamp_hop_seconds)):
       if not value > 0:
@@ -109,7 +111,8 @@ class Embedder:
     self.batch_size = int(batch_size)
     self.dim = int(model.encoders[self.encoder].feature_dim)
     graphdef, self._state = nnx.split(model)
-    self._encode = _encode_fn(graphdef, self.encoder, _audio_key(audio_cfg))
+    self.layer = layer
+    self._encode = _encode_fn(graphdef, self.encoder, _audio_key(audio_cfg), layer)
 
   def window_features(self, windows: np.ndarray) -> np.ndarray:
     """f32[m, window] -> f32[m, dim], in batches of `batch_size` (the last one zero-padded)."""

@@ -47,6 +47,9 @@ def validate_eval_config(e) -> None:
     bad("tasks", e.tasks, "a non-empty tuple of task names")
   if e.probe not in probes.PROBES:
     bad("probe", e.probe, f"one of {sorted(probes.PROBES)}")
+  from avcl.models.model import ENCODE_LAYERS
+  if e.features not in ENCODE_LAYERS:
+    bad("features", e.features, f"one of {ENCODE_LAYERS}")
   for b in e.baselines:
     if b not in ("random_init", "logmel"):
       bad("baselines", e.baselines, "a tuple drawn from ('random_init', 'logmel')")
@@ -120,7 +123,8 @@ def check_param_shapes(model, reference) -> None:
 
 def make_embedders(model, config, baselines: Sequence[str]) -> dict:
   e = config.eval
-  kw = dict(window_seconds=e.window_seconds, hop_seconds=e.hop_seconds, batch_size=e.batch_size)
+  kw = dict(window_seconds=e.window_seconds, hop_seconds=e.hop_seconds, batch_size=e.batch_size,
+            layer=e.features)
   out = {"pretrained": embed_lib.Embedder(model, config.audio, **kw)}
   if "random_init" in baselines:
     from avcl import models

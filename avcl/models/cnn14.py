@@ -60,6 +60,10 @@ class Cnn14(nnx.Module):
     self.min_frames = 2 ** (depth - 1)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    return jax.nn.relu(self.fc(self.pooled(x, train=train).astype(self.dtype)))
+
+  def pooled(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """The globally pooled conv features before `fc`: [batch, frames, mels] -> f32[batch, feature_dim]."""
     if x.ndim != 3 or x.shape[-1] != self.n_mels:
       raise ValueError(f"cnn14 expects log-mel [batch, frames, {self.n_mels}], got shape {x.shape}")
     if x.shape[1] < self.min_frames:
@@ -69,5 +73,4 @@ class Cnn14(nnx.Module):
     x = x.astype(self.dtype)[..., None]  # [b, t, f, 1]
     x = run_blocks(self.blocks, x, remat=self.remat, train=train)
     x = jnp.mean(x.astype(jnp.float32), axis=2)  # mean over frequency: [b, t, c]
-    x = max_plus_mean_over_time(smooth_time(x))
-    return jax.nn.relu(self.fc(x.astype(self.dtype)))
+    return max_plus_mean_over_time(smooth_time(x))

@@ -80,6 +80,8 @@ def _build_encoder(enc: str, cfg, audio_cfg, *, dtype, bn_groups, remat, rngs) -
   raise ValueError(f"config.model.{enc}.name {cfg.name!r} is not available")
 
 
+ENCODE_LAYERS = ("output", "pooled")  # What `AVModel.encode` returns; see its docstring.
+
 class AVModel(nnx.Module):
   """Encoders (`encoders[name]`) and projection heads (`heads[name]`) for name in logmel/wave/video."""
 
@@ -96,13 +98,22 @@ class AVModel(nnx.Module):
                        f"(config.model.{enc}.name is empty); encoders present: {tuple(self.encoders)}")
     return enc
 
-  def encode(self, name: str, x: jax.Array, *, train: bool = False) -> jax.Array:
-    """Pooled encoder features before the head: x -> f32[batch, feature_dim]."""
+  def encode(self, name: str, x: jax.Array, *, train: bool = False, layer: str = "output") -> jax.Array:
+    """Encoder features before the head: x -> f32[batch, feature_dim].
+
+    layer: "output", the encoder's output (the head's input; for CNN14 and Res1dNet31 after their fc and
+    ReLU); or "pooled", the globally pooled conv features before that fc (same dim; for encoders without
+    an fc the two are the same).
+    """
+    if layer not in ENCODE_LAYERS:
+      raise ValueError(f"encode layer must be one of {ENCODE_LAYERS}, got {layer!r}")
     enc = self._encoder_for(name)
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise ValueError(f"input {name!r} must be floating point (log-mel, waveform in [-1, 1] or normalised "
                        f"frames), got dtype {x.dtype}")
-    return self.encoders[enc](x, train=train).astype(jnp.float32)
+    module = self.encoders[enc]
+    fn = getattr(module, "pooled", module.__call__) if layer == "pooled" else module.__call__
+    return fn(x, train=train).astype(jnp.float32)
 
   def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> dict[str, jax.Array]:
     """{key: input} -> {key: f32[batch, embed_dim]} projected, L2-normalised embeddings."""

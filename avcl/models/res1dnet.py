@@ -91,6 +91,10 @@ class Res1dNet(nnx.Module):
     self.fc = nnx.Linear(cin, cin, dtype=dtype, param_dtype=jnp.float32, kernel_init=he_normal, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    return jax.nn.relu(self.fc(self.pooled(x, train=train).astype(self.dtype))).astype(jnp.float32)
+
+  def pooled(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """The globally pooled conv features before `fc`: [batch, samples] -> f32[batch, feature_dim]."""
     if x.ndim != 2:
       raise ValueError(f"res1dnet31 expects wave [batch, samples], got shape {x.shape}")
     if x.shape[1] < min_samples(self.depth):
@@ -98,5 +102,4 @@ class Res1dNet(nnx.Module):
                        f"got wave of {x.shape[1]}")
     x = self.bn0(self.conv0(x.astype(self.dtype)[..., None]), train=train)
     x = run_blocks(self.blocks, x, remat=self.remat, train=train)
-    x = max_plus_mean_over_time(x.astype(jnp.float32))
-    return jax.nn.relu(self.fc(x.astype(self.dtype))).astype(jnp.float32)
+    return max_plus_mean_over_time(x.astype(jnp.float32))
