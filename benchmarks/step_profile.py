@@ -1,0 +1,227 @@
+r"""Where the default config's train step spends its time: each component compiled and timed on its own.
+
+    python -m benchmarks.step_profile [--config default] [--repeats 5] [--no-convs]
+
+The full jitted train step (avcl.train.make_trainer) is split into the parts it is made of, each jitted
+alone at the config's global batch on the same devices, with the same shapes the step sees:
+  frontend      log-mel of the waveform batch (avcl.frontend.from_config(config.audio));
+  augment       gain, mixing (waveform and frames), SpecAugment, frame normalisation: augment_batch with the
+                frontend replaced by a free reshape, so the frontend is not counted twice;
+  <enc> fwd+bwd each encoder with its projection head in train mode, forward and the gradient of a fixed
+                linear function of its embeddings with respect to its parameters (what the loss's
+                backward asks of it);
+  loss fwd+bwd  the contrastive loss and its gradient with respect to the embeddings;
+  optimizer     the optax update and apply_updates over all trainable parameters.
+For each: median wall time, its share of the full step's time, XLA's cost-analysis FLOPs of the compiled
+part, achieved FLOP/s and that as a fraction of a large float32 matmul's rate measured in the same run
+(the practical ceiling). "sum of parts" vs "full step" shows what fusion across parts saves or costs.
+The second table times every 2-D convolution of the default CNN14 (channels width..8*width) and TSM-ResNet
+alone, forward and forward+backward, to show whether small-channel convolutions bind.
+
+Timings share the cores with whatever else runs: compare ratios within one run, not seconds across runs.
+"""
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from avcl import augment as augment_lib  # noqa: E402
+from avcl import frontend as frontend_lib  # noqa: E402
+from avcl import losses, sharding, train  # noqa: E402
+from avcl.models import tsm_resnet  # noqa: E402
+from benchmarks.train_step import _flops, _synthetic_batch, matmul_rate  # noqa: E402
+from configs import default as default_config  # noqa: E402
+
+
+def _time_compiled(compiled, args, repeats, donate=False):
+  """Median wall seconds of compiled(*args) after a warm-up (donated first arg threaded through)."""
+  out = compiled(*args)
+  jax.block_until_ready(out)
+  times = []
+  for _ in range(repeats):
+    if donate:
+      args = (out[0],) + tuple(args[1:])
+    t = time.perf_counter()
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def measure(fn, args, repeats, **jit_kwargs):
+  """(median seconds, XLA FLOPs, compile seconds) of jax.jit(fn)(*args)."""
+  t = time.perf_counter()
+  compiled = jax.jit(fn, **jit_kwargs).lower(*args).compile()
+  compile_s = time.perf_counter() - t
+  return _time_compiled(compiled, args, repeats), _flops(compiled), compile_s
+
+
+def component_rows(config, repeats):
+  """[(name, seconds, flops, compile seconds)] for the parts of the step and the full step."""
+  mesh = sharding.make_mesh()
+  rng = np.random.default_rng(0)
+  batch = sharding.global_batch_from_local(_synthetic_batch(config, rng), mesh)
+  b = config.train.global_batch_size
+  fe = frontend_lib.from_config(config.audio)
+  logmel = fe(batch["audio"])
+  rows = []
+
+  rows.append(("frontend (log-mel)",) + measure(fe, (batch["audio"],), repeats))
+
+  t_frames, n_mels = logmel.shape[1:]
+
+  def free_frontend(wave):  # A reshape in place of the log-mel, so that augment excludes the frontend.
+    return wave[:, :t_frames * n_mels].reshape(wave.shape[0], t_frames, n_mels)
+
+  def augment(key, batch):
+    return augment_lib.augment_batch(key, batch, config.augment, num_shards=mesh.devices.size,
+                                     frontend=free_frontend)
+  rows.append(("augment (gain, mixing, SpecAugment, frames)",)
+              + measure(augment, (jax.random.key(1), batch), repeats))
+
+  model = train._build(config, mesh.devices.size)  # pylint: disable=protected-access
+  split_def, params, rest = train._split_parts(model)  # pylint: disable=protected-access
+  views = augment_lib.augment_batch(jax.random.key(1), batch, config.augment, num_shards=mesh.devices.size,
+                                    frontend=fe)
+  needed = sorted(train._model_inputs_needed(config))  # pylint: disable=protected-access
+  embeddings = {}
+  for name in needed:
+    ct = jax.random.normal(jax.random.key(2), (b, config.model.embed_dim))
+
+    def encoder_loss(params, rest, x, ct, name=name):
+      m = nnx.merge(split_def, params, rest)
+      z = m({name: x}, train=True)[name]
+      return jnp.vdot(z, ct), train._split_parts(m)[2]  # pylint: disable=protected-access
+
+    grad_fn = jax.value_and_grad(encoder_loss, has_aux=True)
+    rows.append((f"{name} encoder+head fwd+bwd",) + measure(grad_fn, (params, rest, views[name], ct), repeats))
+    embeddings[name] = nnx.merge(split_def, params, rest)({name: views[name]}, train=True)[name]
+
+  pairs = train._pairs(config)  # pylint: disable=protected-access
+
+  def loss(emb):
+    return losses.contrastive_loss(emb, pairs, config.loss.temperature, mesh=mesh, axis=sharding.DATA_AXIS,
+                                   impl=config.loss.impl, tile_size=config.loss.tile_size)[0]
+  rows.append(("contrastive loss fwd+bwd",) + measure(jax.value_and_grad(loss), (embeddings,), repeats))
+
+  trainer = train.make_trainer(config, mesh)
+  state = trainer.init()
+  trainable = {"model": params}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), trainable)
+
+  def update(grads, opt_state, trainable):
+    import optax  # pylint: disable=g-import-not-at-top
+    updates, opt_state = trainer.tx.update(grads, opt_state, trainable)
+    return optax.apply_updates(trainable, updates), opt_state
+  rows.append(("optimizer update",) + measure(update, (grads, state["opt_state"], trainable), repeats))
+
+  t = time.perf_counter()
+  compiled = trainer.step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t
+  step_s = _time_compiled(compiled, (state, batch), repeats, donate=True)
+  rows.append(("full train step", step_s, _flops(compiled), compile_s))
+  return rows
+
+
+def conv_layers(config):
+  """[(encoder, label, input shape, kernel shape, stride)] of every 2-D conv in the default encoders."""
+  b = config.train.global_batch_size
+  layers = []
+  t = 1 + int(round(config.data.clip_seconds * config.audio.sample_rate)) // config.audio.hop_length
+  f = config.audio.n_mels
+  cin = 1
+  for i in range(config.model.logmel.depth):
+    cout = config.model.logmel.width * 2 ** i
+    layers.append(("cnn14", f"block{i + 1} conv1", (b, t, f, cin), (3, 3, cin, cout), 1))
+    layers.append(("cnn14", f"block{i + 1} conv2", (b, t, f, cout), (3, 3, cout, cout), 1))
+    cin = cout
+    if i < config.model.logmel.depth - 1:
+      t, f = t // 2, f // 2
+  frames = max(1, int(round(config.data.clip_seconds * config.data.fps)))
+  s = config.data.frame_size
+  stride, _ = tsm_resnet.stem_downsampling(s)
+  w = config.model.video.width
+  layers.append(("tsm", "stem 7x7", (b * frames, s, s, 3), (7, 7, 3, w), stride))
+  s //= stride
+  cin = w
+  if not config.model.video.bottleneck:
+    for i, n in enumerate(config.model.video.blocks):
+      cout = w * 2 ** i
+      for j in range(n):
+        st = 2 if (i > 0 and j == 0) else 1
+        layers.append(("tsm", f"stage{i + 1} conv1", (b * frames, s, s, cin), (3, 3, cin, cout), st))
+        s //= st
+        layers.append(("tsm", f"stage{i + 1} conv2", (b * frames, s, s, cout), (3, 3, cout, cout), 1))
+        cin = cout
+  return layers
+
+
+def conv_rows(config, repeats):
+  rows = []
+  for enc, label, x_shape, k_shape, stride in conv_layers(config):
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    k = jax.random.normal(jax.random.key(1), k_shape) * 0.1
+
+    def fwd(x, k, stride=stride):
+      return jax.lax.conv_general_dilated(x, k, (stride, stride), "SAME",
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = fwd(x, k)
+    ct = jnp.ones_like(y)
+
+    def fwd_bwd(x, k, ct):
+      y, vjp = jax.vjp(fwd, x, k)
+      return vjp(ct)
+    f_s, f_flops, _ = measure(fwd, (x, k), repeats)
+    b_s, b_flops, _ = measure(fwd_bwd, (x, k, ct), repeats)
+    rows.append((enc, label, x_shape, k_shape, stride, f_s, f_flops, b_s, b_flops))
+  return rows
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--config", default="default", help="default (configs/default.py)")
+  p.add_argument("--repeats", type=int, default=5, help="timed runs per part (median reported)")
+  p.add_argument("--matmul_n", type=int, default=2048, help="size of the reference matmul")
+  p.add_argument("--no-convs", action="store_true", help="skip the per-convolution table")
+  args = p.parse_args(argv)
+  if args.config != "default":
+    raise SystemExit(f"--config: only 'default' is profiled, got {args.config!r}")
+  config = default_config.get_config()
+  devices = jax.devices()
+  ceiling = matmul_rate("float32", args.matmul_n, repeats=5) * len(devices)
+  print(f"JAX {jax.__version__} on {len(devices)} x {devices[0].device_kind}; {os.cpu_count()} CPU cores, "
+        f"load average {os.getloadavg()[0]:.1f}; float32 matmul ({args.matmul_n}^3) "
+        f"{ceiling / 1e9:.1f} GFLOP/s; global batch {config.train.global_batch_size}; "
+        f"median of {args.repeats}")
+  rows = component_rows(config, args.repeats)
+  step_s = rows[-1][1]
+  print("\n| part | ms | % of step | GFLOP | GFLOP/s | % of matmul rate | compile s |")
+  print("|---|---|---|---|---|---|---|")
+  for name, sec, flops, compile_s in rows[:-1] + [("sum of parts", sum(r[1] for r in rows[:-1]),
+                                                   sum(r[2] for r in rows[:-1]), float("nan"))] + rows[-1:]:
+    print(f"| {name} | {1e3 * sec:.1f} | {100 * sec / step_s:.0f} | {flops / 1e9:.3f} | "
+          f"{flops / sec / 1e9:.1f} | {100 * flops / sec / ceiling:.1f} | {compile_s:.1f} |")
+  if args.no_convs:
+    return
+  print("\n| encoder | conv | input | kernel | stride | fwd ms | fwd % of matmul | fwd+bwd ms "
+        "| fwd+bwd % of matmul |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  total_f = total_b = 0.0
+  for enc, label, x_shape, k_shape, stride, f_s, f_flops, b_s, b_flops in conv_rows(config, args.repeats):
+    total_f += f_s
+    total_b += b_s
+    print(f"| {enc} | {label} | {'x'.join(map(str, x_shape))} | {'x'.join(map(str, k_shape))} | {stride} | "
+          f"{1e3 * f_s:.1f} | {100 * f_flops / f_s / ceiling:.1f} | {1e3 * b_s:.1f} | "
+          f"{100 * b_flops / b_s / ceiling:.1f} |")
+  print(f"\nall convolutions: forward {1e3 * total_f:.0f} ms, forward+backward {1e3 * total_b:.0f} ms "
+        f"({100 * total_b / step_s:.0f}% of the full step)")
+
+
+if __name__ == "__main__":
+  main()
