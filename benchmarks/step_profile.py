@@ -15,16 +15,26 @@ alone at the config's global batch on the same devices, with the same shapes the
 For each: median wall time, its share of the full step's time, XLA's cost-analysis FLOPs of the compiled
 part, achieved FLOP/s and that as a fraction of a large float32 matmul's rate measured in the same run
 (the practical ceiling). "sum of parts" vs "full step" shows what fusion across parts saves or costs.
-The second table times every 2-D convolution of the default CNN14 (channels width..8*width) and TSM-ResNet
-alone, forward and forward+backward, to show whether small-channel convolutions bind.
+With --trace (default on), the full step is also run under `jax.profiler` and the trace (XLA:CPU emits
+one event per executed HLO op) is parsed offline: time per op category and the most expensive ops, with
+their HLO shape and the JAX operation they come from.
+The last table times every 2-D convolution of the default CNN14 (channels width..8*width) and TSM-ResNet
+alone, forward and forward+backward (gradients for input and kernel; kernel only for the stem, whose
+input is data), to show whether small-channel convolutions bind.
 
 Timings share the cores with whatever else runs: compare ratios within one run, not seconds across runs.
 """
 import argparse
+import collections
+import glob
 import os
+import re
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# XLA:CPU emits a profiler event per executed HLO op (thunk) only with this flag; it costs nothing untraced.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -126,7 +136,78 @@ def component_rows(config, repeats):
   compile_s = time.perf_counter() - t
   step_s = _time_compiled(compiled, (state, batch), repeats, donate=True)
   rows.append(("full train step", step_s, _flops(compiled), compile_s))
-  return rows
+  return rows, (compiled, trainer.init(), batch)
+
+
+def _hlo_ops(hlo_text):
+  """{instruction name: (opcode, result shape, jax op_name)} from a compiled module's HLO text."""
+  ops = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\(", line)
+    if m:
+      op_name = re.search(r'op_name="([^"]*)"', line)
+      ops.setdefault(m.group(1), (m.group(3), m.group(2), op_name.group(1) if op_name else ""))
+  return ops
+
+
+def _category(name, opcode):
+  if opcode == "convolution":
+    return "convolution (XLA's own kernel)"
+  if name.startswith("ynn_fusion"):
+    return "YNNPACK fusion (convolutions and dots with fused neighbours)"
+  if opcode in ("transpose", "copy") or "transpose" in name or name.startswith("copy"):
+    return "layout transposes and copies"
+  if opcode == "fft":
+    return "fft"
+  if opcode == "dot":
+    return "dot"
+  if opcode == "fusion":
+    return "other fusions (elementwise, reductions, BatchNorm, pooling)"
+  return "other (" + opcode + ")"
+
+
+def trace_step(compiled, state, batch, steps):
+  """(ms per step by op, HLO op table) for the compiled train step, from a jax.profiler trace."""
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  ops = _hlo_ops(compiled.as_text())
+  with tempfile.TemporaryDirectory() as logdir:
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    jax.profiler.start_trace(logdir)
+    for _ in range(steps):
+      state, metrics = compiled(state, batch)
+      jax.block_until_ready(metrics)
+    jax.profiler.stop_trace()
+    space = xplane_pb2.XSpace()
+    with open(sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))[-1], "rb") as f:
+      space.ParseFromString(f.read())
+  ms = collections.Counter()
+  for plane in space.planes:
+    for line in plane.lines:
+      for event in line.events:
+        name = plane.event_metadata[event.metadata_id].name
+        if name in ops:  # HLO ops only (not the runtime's own scopes, which nest them)
+          ms[name] += event.duration_ps / 1e9 / steps
+  return ms, ops
+
+
+def print_trace(ms, ops, step_s, top):
+  total = sum(ms.values())
+  by_cat = collections.Counter()
+  for name, t in ms.items():
+    by_cat[_category(name, ops[name][0])] += t
+  print(f"\nTrace of the full step (per step; HLO ops sum to {total:.0f} ms of the {1e3 * step_s:.0f} ms step "
+        "timed above; ops on the two cores may overlap):")
+  print("\n| op category | ms | % of op time |")
+  print("|---|---|---|")
+  for cat, t in by_cat.most_common():
+    print(f"| {cat} | {t:.1f} | {100 * t / total:.0f} |")
+  print(f"\n| op (top {top}) | category | ms | HLO shape | from |")
+  print("|---|---|---|---|---|")
+  for name, t in ms.most_common(top):
+    opcode, shape, op_name = ops[name]
+    origin = op_name.replace("jit(step_fn)/", "")[-60:]
+    print(f"| {name} | {_category(name, opcode).split(' (')[0]} | {t:.1f} | {shape.split('{')[0]} | {origin} |")
 
 
 def conv_layers(config):
@@ -174,9 +255,14 @@ def conv_rows(config, repeats):
     y = fwd(x, k)
     ct = jnp.ones_like(y)
 
-    def fwd_bwd(x, k, ct):
-      y, vjp = jax.vjp(fwd, x, k)
-      return vjp(ct)
+    stem = label.startswith("stem")
+
+    def fwd_bwd(x, k, ct, stem=stem):
+      if stem:  # The stem's input is data: the step needs only the kernel's gradient.
+        y, vjp = jax.vjp(lambda k: fwd(x, k), k)
+      else:
+        y, vjp = jax.vjp(fwd, x, k)
+      return y, vjp(ct)  # y returned, so that the forward conv is not dead code
     f_s, f_flops, _ = measure(fwd, (x, k), repeats)
     b_s, b_flops, _ = measure(fwd_bwd, (x, k, ct), repeats)
     rows.append((enc, label, x_shape, k_shape, stride, f_s, f_flops, b_s, b_flops))
@@ -188,6 +274,9 @@ def main(argv=None):
   p.add_argument("--config", default="default", help="default (configs/default.py)")
   p.add_argument("--repeats", type=int, default=5, help="timed runs per part (median reported)")
   p.add_argument("--matmul_n", type=int, default=2048, help="size of the reference matmul")
+  p.add_argument("--trace", action=argparse.BooleanOptionalAction, default=True,
+                 help="profile the full step per HLO op with jax.profiler")
+  p.add_argument("--top", type=int, default=15, help="most expensive ops listed from the trace")
   p.add_argument("--no-convs", action="store_true", help="skip the per-convolution table")
   args = p.parse_args(argv)
   if args.config != "default":
@@ -199,7 +288,7 @@ def main(argv=None):
         f"load average {os.getloadavg()[0]:.1f}; float32 matmul ({args.matmul_n}^3) "
         f"{ceiling / 1e9:.1f} GFLOP/s; global batch {config.train.global_batch_size}; "
         f"median of {args.repeats}")
-  rows = component_rows(config, args.repeats)
+  rows, (compiled, state, batch) = component_rows(config, args.repeats)
   step_s = rows[-1][1]
   print("\n| part | ms | % of step | GFLOP | GFLOP/s | % of matmul rate | compile s |")
   print("|---|---|---|---|---|---|---|")
@@ -207,6 +296,8 @@ def main(argv=None):
                                                    sum(r[2] for r in rows[:-1]), float("nan"))] + rows[-1:]:
     print(f"| {name} | {1e3 * sec:.1f} | {100 * sec / step_s:.0f} | {flops / 1e9:.3f} | "
           f"{flops / sec / 1e9:.1f} | {100 * flops / sec / ceiling:.1f} | {compile_s:.1f} |")
+  if args.trace:
+    print_trace(*trace_step(compiled, state, batch, steps=3), step_s, args.top)
   if args.no_convs:
     return
   print("\n| encoder | conv | input | kernel | stride | fwd ms | fwd % of matmul | fwd+bwd ms "
