@@ -1,6 +1,7 @@
 r"""Train-step throughput: step time, clips/s, XLA's FLOP count and utilisation of the measured matmul rate.
 
     python -m benchmarks.train_step [--configs default,paper] [--paper_batch 4] [--steps 5] [--dtype float32]
+        [--compare-donation]
 
 For each config: the jitted train step (frontend, mixing, encoders, contrastive loss, optimizer update) of
 avcl.train on synthetic batches over all devices JAX sees (by default one CPU device that uses every core;
@@ -12,6 +13,7 @@ bfloat16, with --dtype) matmul measured in the same run on the same devices: the
 global batch (--paper_batch); "default" is configs/default.py as it trains on the embedded world.
 """
 import argparse
+import dataclasses
 import os
 import time
 
@@ -62,9 +64,14 @@ def _synthetic_batch(config, rng):
   return batch
 
 
-def bench(name, config, steps: int) -> dict:
+def bench(name, config, steps: int, donate: bool = True) -> dict:
   mesh = sharding.make_mesh()
   trainer = train.make_trainer(config, mesh)
+  if not donate:  # The same step jitted without donating the train state (for comparison only).
+    step_fn = train.make_step_fn(config, trainer.graphdef, trainer.tx, trainer.schedule, mesh)
+    trainer = dataclasses.replace(trainer, step=jax.jit(
+        step_fn, in_shardings=(trainer.state_sharding, sharding.batch_sharding(mesh)),
+        out_shardings=(trainer.state_sharding, sharding.replicated(mesh))))
   t0 = time.perf_counter()
   state = trainer.init()
   jax.block_until_ready(state)
@@ -97,6 +104,8 @@ def main():
   p.add_argument("--paper_batch", type=int, default=4, help="global batch of the paper-size config")
   p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
   p.add_argument("--dtype", default="float32", help="model compute dtype (and matmul dtype): float32|bfloat16")
+  p.add_argument("--compare-donation", action="store_true",
+                 help="also time each config's step jitted without donating the train state")
   p.add_argument("--matmul_n", type=int, default=2048, help="size of the reference matmul")
   args = p.parse_args()
 
@@ -117,9 +126,10 @@ def main():
     else:
       raise SystemExit(f"--configs: unknown config {name!r} (default, paper)")
     config.model.dtype = args.dtype
-    rows.append(bench(name, config, args.steps))
-    r = rows[-1]
-    print(f"  {name}: compile {r['compile_s']:.1f} s, init {r['init_s']:.1f} s", flush=True)
+    for donate in (True, False) if args.compare_donation else (True,):
+      rows.append(bench(name if donate else f"{name} (no donation)", config, args.steps, donate=donate))
+      r = rows[-1]
+      print(f"  {r['name']}: compile {r['compile_s']:.1f} s, init {r['init_s']:.1f} s", flush=True)
 
   header = ("config", "batch", "step ms", "clips/s", "GFLOP/step", "GFLOP/s", "util %")
   print()
