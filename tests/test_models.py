@@ -264,6 +264,51 @@ def test_batchnorm_train_matches_numpy_and_updates_running_stats():
   np.testing.assert_allclose(bn.mean[...], 0.1 * mean, rtol=1e-5)
 
 
+def _numpy_bn_loss(x, scale, bias, weights, groups, eps=1e-5):
+  """float64 reference: sum(w_y * y) + sum(w_m * mean) + sum(w_v * var) of grouped train-mode BatchNorm."""
+  xg = x.reshape(groups, -1, x.shape[-1])
+  mean = xg.mean(1, keepdims=True)
+  var = ((xg - mean) ** 2).mean(1, keepdims=True)
+  y = (xg - mean) / np.sqrt(var + eps) * scale + bias
+  w_y, w_m, w_v = weights
+  return float(np.sum(w_y * y) + np.sum(w_m * mean) + np.sum(w_v * var))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_batchnorm_gradients_match_finite_differences_and_autodiff(groups):
+  """The hand-written backward of train-mode BatchNorm (batch_norm.normalize) against float64 central
+  differences of a numpy BatchNorm, and against JAX's autodiff of the forward, through y, mean and var."""
+  from avcl.models import batch_norm  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  x = rng.normal(1.0, 2.0, (4, 3, 3))
+  scale, bias = rng.normal(1.0, 0.3, 3), rng.normal(0.0, 0.3, 3)
+  n = x.size // 3 // groups
+  weights = (rng.normal(size=(groups, n, 3)), rng.normal(size=(groups, 1, 3)), rng.normal(size=(groups, 1, 3)))
+
+  def loss(x, scale, bias):
+    y, mean, var = batch_norm.normalize(x.reshape(groups, -1, 3), scale, bias, 1e-5)
+    return jnp.sum(weights[0] * y) + jnp.sum(weights[1] * mean) + jnp.sum(weights[2] * var)
+
+  args = [jnp.asarray(a, jnp.float32) for a in (x, scale, bias)]
+  ours = jax.grad(loss, argnums=(0, 1, 2))(*args)
+  h = 1e-6
+  for i, a in enumerate((x, scale, bias)):
+    fd = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+      up, down = [np.array(v) for v in (x, scale, bias)], [np.array(v) for v in (x, scale, bias)]
+      up[i][idx] += h
+      down[i][idx] -= h
+      fd[idx] = (_numpy_bn_loss(*up, weights, groups) - _numpy_bn_loss(*down, weights, groups)) / (2 * h)
+    np.testing.assert_allclose(np.asarray(ours[i]), fd, rtol=1e-3, atol=1e-4)
+  batch_norm.CUSTOM_VJP = False
+  try:
+    autodiff = jax.grad(loss, argnums=(0, 1, 2))(*args)
+  finally:
+    batch_norm.CUSTOM_VJP = True
+  for a, b in zip(ours, autodiff):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
 def test_batchnorm_groups_match_per_shard_numpy():
   g = 4
   x = np.random.default_rng(1).normal(0.0, 1.0, (8, 3, 5)) * np.arange(1, 9)[:, None, None]
