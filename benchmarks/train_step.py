@@ -1,7 +1,7 @@
 r"""Train-step throughput: step time, clips/s, XLA's FLOP count and utilisation of the measured matmul rate.
 
     python -m benchmarks.train_step [--configs default,paper] [--paper_batch 4] [--steps 5] [--dtype float32]
-        [--compare no_donation,autodiff_bn]
+        [--compare main,no_donation,autodiff_bn,lax_small_convs]
 
 For each config: the jitted train step (frontend, mixing, encoders, contrastive loss, optimizer update) of
 avcl.train on synthetic batches over all devices JAX sees (by default one CPU device that uses every core;
@@ -11,6 +11,11 @@ bfloat16, with --dtype) matmul measured in the same run on the same devices: the
 
 "paper" is configs/paper_audioset.py (CNN14 + Res1dNet31 + TSM-ResNet50 at 64 px, 32 frames) at a reduced
 global batch (--paper_batch); "default" is configs/default.py as it trains on the embedded world.
+
+--compare also builds the same step with one speed change undone (VARIANTS: the train state not donated;
+BatchNorm's backward by autodiff; tiny-map convolutions by XLA's kernel; "main": all three) and times all
+variants round-robin
+in the same run, so the "x first row" column is a before/after ratio that load changes hit alike.
 """
 import argparse
 import dataclasses
@@ -27,13 +32,16 @@ from avcl import (
   sharding,  # noqa: E402
   train,  # noqa: E402
 )
-from avcl.models import batch_norm  # noqa: E402
+from avcl.models import batch_norm, conv  # noqa: E402
 from configs import default as default_config  # noqa: E402
 from configs import paper_audioset  # noqa: E402
 
+SMALL_MAP_POSITIONS = conv.SMALL_MAP_POSITIONS
 # Variants of the step that --compare times beside it (each undoes one speed change).
 VARIANTS = {"": "as trained", "no_donation": "train state not donated",
-            "autodiff_bn": "BatchNorm backward by autodiff, not its custom VJP"}
+            "autodiff_bn": "BatchNorm backward by autodiff, not its custom VJP",
+            "lax_small_convs": "convs onto <= 4-position maps by XLA's kernel, not im2col",
+            "main": "all of these undone: the step as on main"}
 
 
 def matmul_rate(dtype: str, n: int, repeats: int) -> float:
@@ -75,10 +83,12 @@ class _Bench:
   def __init__(self, name, config, variant: str = ""):
     self.name, self.config = name, config
     mesh = sharding.make_mesh()
-    batch_norm.CUSTOM_VJP = variant != "autodiff_bn"  # Read while tracing, i.e. by lower() below.
+    # Module switches read while tracing, i.e. by lower() below; restored afterwards.
+    batch_norm.CUSTOM_VJP = variant not in ("autodiff_bn", "main")
+    conv.SMALL_MAP_POSITIONS = 0 if variant in ("lax_small_convs", "main") else SMALL_MAP_POSITIONS
     try:
       trainer = train.make_trainer(config, mesh)
-      if variant == "no_donation":  # The same step jitted without donating the train state.
+      if variant in ("no_donation", "main"):  # The same step jitted without donating the train state.
         step_fn = train.make_step_fn(config, trainer.graphdef, trainer.tx, trainer.schedule, mesh)
         trainer = dataclasses.replace(trainer, step=jax.jit(
             step_fn, in_shardings=(trainer.state_sharding, sharding.batch_sharding(mesh)),
@@ -94,6 +104,7 @@ class _Bench:
       self.compile_s = time.perf_counter() - t0
     finally:
       batch_norm.CUSTOM_VJP = True
+      conv.SMALL_MAP_POSITIONS = SMALL_MAP_POSITIONS
     self.flops = _flops(self.compiled)
     self.state, self.metrics = self.compiled(self.state, batch)  # Warm-up (first run allocates).
     jax.block_until_ready(self.metrics)
