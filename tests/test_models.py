@@ -266,9 +266,9 @@ def test_batchnorm_train_matches_numpy_and_updates_running_stats():
 
 def _numpy_bn_loss(x, scale, bias, weights, groups, eps=1e-5):
   """float64 reference: sum(w_y * y) + sum(w_m * mean) + sum(w_v * var) of grouped train-mode BatchNorm."""
-  xg = x.reshape(groups, -1, x.shape[-1])
-  mean = xg.mean(1, keepdims=True)
-  var = ((xg - mean) ** 2).mean(1, keepdims=True)
+  xg = x.reshape((groups, -1) + x.shape[1:])  # [groups, rows, time, features]
+  mean = xg.mean((1, 2), keepdims=True)
+  var = ((xg - mean) ** 2).mean((1, 2), keepdims=True)
   y = (xg - mean) / np.sqrt(var + eps) * scale + bias
   w_y, w_m, w_v = weights
   return float(np.sum(w_y * y) + np.sum(w_m * mean) + np.sum(w_v * var))
@@ -282,11 +282,11 @@ def test_batchnorm_gradients_match_finite_differences_and_autodiff(groups):
   rng = np.random.default_rng(3)
   x = rng.normal(1.0, 2.0, (4, 3, 3))
   scale, bias = rng.normal(1.0, 0.3, 3), rng.normal(0.0, 0.3, 3)
-  n = x.size // 3 // groups
-  weights = (rng.normal(size=(groups, n, 3)), rng.normal(size=(groups, 1, 3)), rng.normal(size=(groups, 1, 3)))
+  weights = (rng.normal(size=(groups, 4 // groups, 3, 3)), rng.normal(size=(groups, 1, 1, 3)),
+             rng.normal(size=(groups, 1, 1, 3)))
 
   def loss(x, scale, bias):
-    y, mean, var = batch_norm.normalize(x.reshape(groups, -1, 3), scale, bias, 1e-5)
+    y, mean, var = batch_norm.normalize(x.reshape((groups, -1) + x.shape[1:]), scale, bias, 1e-5)
     return jnp.sum(weights[0] * y) + jnp.sum(weights[1] * mean) + jnp.sum(weights[2] * var)
 
   args = [jnp.asarray(a, jnp.float32) for a in (x, scale, bias)]
