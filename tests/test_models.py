@@ -564,3 +564,15 @@ def test_conv_general_dilated_matches_lax_values_and_gradients(shape, kernel, st
   # The modules use it: a 2x2 input through the default video encoder's conv factory equals lax.
   m = conv_lib.conv(kernel[2], kernel[3], kernel[:2], strides=stride, rngs=nnx.Rngs(0))
   np.testing.assert_allclose(np.asarray(m(x)), np.asarray(ref(x, m.kernel[...])), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_factory_1d_uses_lax():
+  """1-D (waveform) convolutions go straight to lax, strided and dilated alike."""
+  from avcl.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (3, 40, 2))
+  for kwargs in (dict(strides=5, padding=((5, 5),)), dict(dilation=2)):
+    m = conv_lib.conv(2, 4, (3,), rngs=nnx.Rngs(0), **kwargs)
+    ref = jax.lax.conv_general_dilated(
+        x, m.kernel[...], (kwargs.get("strides", 1),), kwargs.get("padding", "SAME"),
+        rhs_dilation=(kwargs.get("dilation", 1),), dimension_numbers=("NWC", "WIO", "NWC"))
+    np.testing.assert_allclose(np.asarray(m(x)), np.asarray(ref), rtol=1e-6, atol=1e-6)

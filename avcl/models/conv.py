@@ -58,9 +58,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                         dimension_numbers, feature_group_count, precision=precision,
                                         **kwargs)
 
+  if lhs.ndim != 4:  # 1-D (waveform) and 3-D convolutions: lax.
+    return lax_conv()
   nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
   ones = (None, (1, 1), [1, 1])
-  if (lhs.ndim != 4 or feature_group_count != 1 or lhs_dilation not in ones or rhs_dilation not in ones
+  if (feature_group_count != 1 or lhs_dilation not in ones or rhs_dilation not in ones
       or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc
       or any(v is not None for v in kwargs.values())):
     return lax_conv()
