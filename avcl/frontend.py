@@ -9,7 +9,8 @@ How it is computed, and why:
   slices, which we tried first).
 - Only the win_length non-zero samples of each n_fft frame are framed. The DFT (default) is
   `jnp.fft.rfft` of the windowed samples zero-padded at the end to n_fft: a circular shift of the
-  centred frame, so the same power spectrum. The alternative `dft="matmul"`
+  centred frame, so the same power spectrum (`config.audio.stft = "fft"`). The alternative `dft="matmul"`
+  (`config.audio.stft = "matmul"`)
   multiplies the win_length non-zero samples of each frame by a windowed cos|sin DFT matrix (numpy
   float64 at trace time, phases shifted by the window's offset in the frame); it costs ~20x the FFT's
   FLOPs and measured 2-2.5x slower (CPU time) on this 2-core CPU, but may win on matrix units (TPU/GPU).
@@ -26,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 MEL_SCALES = ("slaney", "htk")
+# config.audio.stft -> log_mel_spectrogram(dft=...).
+STFT_IMPLS = {"fft": "rfft", "matmul": "matmul"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -221,12 +224,19 @@ def log_mel_spectrogram(audio: jax.Array, *, sample_rate: int, n_fft: int, win_l
 
 
 def from_config(audio_cfg) -> Callable[[jax.Array], jax.Array]:
-  """Validated `audio f32[b, samples] -> logmel f32[b, frames, n_mels]` from `config.audio`."""
+  """Validated `audio f32[b, samples] -> logmel f32[b, frames, n_mels]` from `config.audio`.
+
+  `config.audio.stft` picks the DFT: "fft" (`dft="rfft"`) or "matmul" (`dft="matmul"`); missing means "fft".
+  """
   params = dict(sample_rate=audio_cfg.sample_rate, n_fft=audio_cfg.n_fft,
                 win_length=audio_cfg.win_length, hop_length=audio_cfg.hop_length,
                 n_mels=audio_cfg.n_mels, fmin=audio_cfg.fmin, fmax=audio_cfg.fmax,
                 mel_scale=audio_cfg.mel_scale, log_offset=audio_cfg.log_offset)
   validate_params(**params, prefix="config.audio.")
+  # Configs saved before `audio.stft` existed computed the STFT with the FFT.
+  stft = getattr(audio_cfg, "stft", "fft")
+  if stft not in STFT_IMPLS:
+    raise ValueError(f"config.audio.stft={stft!r} is out of range: must be one of {tuple(STFT_IMPLS)}")
   params.update(fmin=float(params["fmin"]), log_offset=float(params["log_offset"]),
                 fmax=None if params["fmax"] is None else float(params["fmax"]))
-  return functools.partial(log_mel_spectrogram, **params)
+  return functools.partial(log_mel_spectrogram, **params, dft=STFT_IMPLS[stft])

@@ -1,6 +1,7 @@
 r"""Train-step throughput: step time, clips/s, XLA's FLOP count and utilisation of the measured matmul rate.
 
     python -m benchmarks.train_step [--configs default,paper] [--paper_batch 4] [--steps 5] [--dtype float32]
+        [--compare main,no_donation,autodiff_bn,lax_small_convs]
 
 For each config: the jitted train step (frontend, mixing, encoders, contrastive loss, optimizer update) of
 avcl.train on synthetic batches over all devices JAX sees (by default one CPU device that uses every core;
@@ -10,8 +11,16 @@ bfloat16, with --dtype) matmul measured in the same run on the same devices: the
 
 "paper" is configs/paper_audioset.py (CNN14 + Res1dNet31 + TSM-ResNet50 at 64 px, 32 frames) at a reduced
 global batch (--paper_batch); "default" is configs/default.py as it trains on the embedded world.
+
+--compare also builds the same step with one speed change undone (VARIANTS: the train state not donated;
+BatchNorm's backward by autodiff; tiny-map convolutions by XLA's kernel; "main": all three) and times all
+variants round-robin in the same run, so the "x first row" column is a before/after ratio that load changes
+hit alike. XLA's FLOP count differs a little between variants (im2col multiplies the zero padding, a custom
+VJP changes which ops exist); with "main" compared, "util % (main FLOPs)" divides main's count, the work the
+model needs, by each variant's time, so that a speed change cannot raise utilisation by adding FLOPs.
 """
 import argparse
+import dataclasses
 import os
 import time
 
@@ -25,8 +34,16 @@ from avcl import (
   sharding,  # noqa: E402
   train,  # noqa: E402
 )
+from avcl.models import batch_norm, conv  # noqa: E402
 from configs import default as default_config  # noqa: E402
 from configs import paper_audioset  # noqa: E402
+
+SMALL_MAP_POSITIONS = conv.SMALL_MAP_POSITIONS
+# Variants of the step that --compare times beside it (each undoes one speed change).
+VARIANTS = {"": "as trained", "no_donation": "train state not donated",
+            "autodiff_bn": "BatchNorm backward by autodiff, not its custom VJP",
+            "lax_small_convs": "convs onto <= 4-position maps by XLA's kernel, not im2col",
+            "main": "all of these undone: the step as on main"}
 
 
 def matmul_rate(dtype: str, n: int, repeats: int) -> float:
@@ -62,33 +79,56 @@ def _synthetic_batch(config, rng):
   return batch
 
 
-def bench(name, config, steps: int) -> dict:
-  mesh = sharding.make_mesh()
-  trainer = train.make_trainer(config, mesh)
-  t0 = time.perf_counter()
-  state = trainer.init()
-  jax.block_until_ready(state)
-  init_s = time.perf_counter() - t0
-  rng = np.random.default_rng(0)
-  batch = sharding.global_batch_from_local(_synthetic_batch(config, rng), mesh)
-  t0 = time.perf_counter()
-  compiled = trainer.step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
-  flops = _flops(compiled)
-  state, metrics = compiled(state, batch)  # Warm-up (first run allocates).
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(steps):
-    batch = sharding.global_batch_from_local(_synthetic_batch(config, rng), mesh)
-    jax.block_until_ready(batch)
+class _Bench:
+  """One compiled step of `config` (variant: a key of VARIANTS), with its state and a batch stream."""
+
+  def __init__(self, name, config, variant: str = ""):
+    self.name, self.config = name, config
+    mesh = sharding.make_mesh()
+    # Module switches read while tracing, i.e. by lower() below; restored afterwards.
+    batch_norm.CUSTOM_VJP = variant not in ("autodiff_bn", "main")
+    conv.SMALL_MAP_POSITIONS = 0 if variant in ("lax_small_convs", "main") else SMALL_MAP_POSITIONS
+    try:
+      trainer = train.make_trainer(config, mesh)
+      if variant in ("no_donation", "main"):  # The same step jitted without donating the train state.
+        step_fn = train.make_step_fn(config, trainer.graphdef, trainer.tx, trainer.schedule, mesh)
+        trainer = dataclasses.replace(trainer, step=jax.jit(
+            step_fn, in_shardings=(trainer.state_sharding, sharding.batch_sharding(mesh)),
+            out_shardings=(trainer.state_sharding, sharding.replicated(mesh))))
+      t0 = time.perf_counter()
+      self.state = trainer.init()
+      jax.block_until_ready(self.state)
+      self.init_s = time.perf_counter() - t0
+      self.mesh, self.rng = mesh, np.random.default_rng(0)
+      batch = self._batch()
+      t0 = time.perf_counter()
+      self.compiled = trainer.step.lower(self.state, batch).compile()
+      self.compile_s = time.perf_counter() - t0
+    finally:
+      batch_norm.CUSTOM_VJP = True
+      conv.SMALL_MAP_POSITIONS = SMALL_MAP_POSITIONS
+    self.flops = _flops(self.compiled)
+    self.state, self.metrics = self.compiled(self.state, batch)  # Warm-up (first run allocates).
+    jax.block_until_ready(self.metrics)
+    self.times = []
+
+  def _batch(self):
+    batch = sharding.global_batch_from_local(_synthetic_batch(self.config, self.rng), self.mesh)
+    return jax.block_until_ready(batch)
+
+  def step(self):
+    batch = self._batch()
     t = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t)
-  step_s = float(np.median(times))
-  return {"name": name, "batch": config.train.global_batch_size, "init_s": init_s, "compile_s": compile_s,
-          "step_s": step_s, "clips_per_s": config.train.global_batch_size / step_s, "flops": flops,
-          "flops_per_s": flops / step_s, "loss": float(metrics["loss"])}
+    self.state, self.metrics = self.compiled(self.state, batch)
+    jax.block_until_ready(self.metrics)
+    self.times.append(time.perf_counter() - t)
+
+  def row(self) -> dict:
+    step_s = float(np.median(self.times))
+    b = self.config.train.global_batch_size
+    return {"name": self.name, "batch": b, "init_s": self.init_s, "compile_s": self.compile_s,
+            "step_s": step_s, "clips_per_s": b / step_s, "flops": self.flops,
+            "flops_per_s": self.flops / step_s, "loss": float(self.metrics["loss"])}
 
 
 def main():
@@ -97,6 +137,9 @@ def main():
   p.add_argument("--paper_batch", type=int, default=4, help="global batch of the paper-size config")
   p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
   p.add_argument("--dtype", default="float32", help="model compute dtype (and matmul dtype): float32|bfloat16")
+  p.add_argument("--compare", default="",
+                 help="comma-separated variants also timed, each against the default step in the same run: "
+                      + ", ".join(f"{k} ({v})" for k, v in VARIANTS.items() if k))
   p.add_argument("--matmul_n", type=int, default=2048, help="size of the reference matmul")
   args = p.parse_args()
 
@@ -117,18 +160,31 @@ def main():
     else:
       raise SystemExit(f"--configs: unknown config {name!r} (default, paper)")
     config.model.dtype = args.dtype
-    rows.append(bench(name, config, args.steps))
-    r = rows[-1]
-    print(f"  {name}: compile {r['compile_s']:.1f} s, init {r['init_s']:.1f} s", flush=True)
+    variants = [v for v in args.compare.split(",") if v]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+      raise SystemExit(f"--compare: unknown variants {sorted(unknown)} (choose from {list(VARIANTS)})")
+    benches = [_Bench(f"{name} ({VARIANTS[v]})" if v else name, config, v) for v in [""] + variants]
+    for b in benches:
+      print(f"  {b.name}: compile {b.compile_s:.1f} s, init {b.init_s:.1f} s", flush=True)
+    # Round robin over the variants, so that a change in the machine's load hits them all alike.
+    for _ in range(args.steps):
+      for b in benches:
+        b.step()
+    main_flops = next((b.flops for b, v in zip(benches, [""] + variants) if v == "main"), None)
+    rows.extend(dict(b.row(), base_s=benches[0].row()["step_s"], main_flops=main_flops) for b in benches)
 
-  header = ("config", "batch", "step ms", "clips/s", "GFLOP/step", "GFLOP/s", "util %")
+  header = ("config", "batch", "step ms", "x first row", "clips/s", "GFLOP/step", "GFLOP/s", "util %",
+            "util % (main FLOPs)")
   print()
   print(" | ".join(header))
   print(" | ".join("---" for _ in header))
   for r in rows:
-    print(" | ".join([r["name"], str(r["batch"]), f"{1e3 * r['step_s']:.1f}", f"{r['clips_per_s']:.1f}",
+    print(" | ".join([r["name"], str(r["batch"]), f"{1e3 * r['step_s']:.1f}",
+                      f"{r['step_s'] / r['base_s']:.2f}", f"{r['clips_per_s']:.1f}",
                       f"{r['flops'] / 1e9:.2f}", f"{r['flops_per_s'] / 1e9:.1f}",
-                      f"{100 * r['flops_per_s'] / ceiling:.1f}"]))
+                      f"{100 * r['flops_per_s'] / ceiling:.1f}",
+                      "" if r["main_flops"] is None else f"{100 * r['main_flops'] / r['step_s'] / ceiling:.1f}"]))
 
 
 if __name__ == "__main__":

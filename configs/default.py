@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.audio.fmax = 7800.0  # Highest mel edge (Hz), below Nyquist.
   c.audio.mel_scale = "slaney"  # "slaney" (librosa default) or "htk".
   c.audio.log_offset = 1e-6  # log(mel_power + log_offset).
+  c.audio.stft = "fft"  # STFT as "fft" (XLA's FFT) or "matmul" (windowed DFT matrix); benchmarks/frontend.py.
 
   c.augment = ml_collections.ConfigDict()
   c.augment.mix = ml_collections.ConfigDict()

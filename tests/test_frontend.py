@@ -127,3 +127,41 @@ def test_empty_mel_bands_warn():
     frontend.mel_filterbank(sample_rate=16000, n_fft=256, n_mels=128, fmin=0.0, fmax=8000.0,
                             mel_scale="htk")
   assert any("cover no FFT bin" in str(w.message) for w in caught)
+
+
+def _audio_cfg(**changes):
+  """`config.audio` with changes, as a plain namespace (no ConfigDict type lock)."""
+  return types.SimpleNamespace(**dict(get_config().audio.to_dict(), **changes))
+
+
+@pytest.mark.parametrize("stft", ["fft", "matmul"])
+def test_config_stft_choices_match_librosa_and_each_other(stft):
+  """`config.audio.stft` picks the DFT; both choices give librosa's log-mel within 0.01 dB (the benchmark's
+  bar) and agree with each other to float32 rounding."""
+  c = get_config().audio
+  c.stft = stft
+  y = _real_audio()[:, :SR]
+  fn = frontend.from_config(c)
+  assert fn.keywords["dft"] == {"fft": "rfft", "matmul": "matmul"}[stft]
+  ours = np.asarray(fn(y))
+  ref = _librosa_log_mel(y, mel_scale=c.mel_scale, **{k: c[k] for k in PARAMS})
+  db = 10.0 / np.log(10.0)
+  # Bands within 60 dB of their frame's loudest (float32's resolution; see test_log_mel_matches_librosa).
+  within = ref >= ref.max(axis=-1, keepdims=True) - np.log(1e6)
+  assert db * np.abs(ours - ref)[within].max() < 0.01
+  other = frontend.from_config(_audio_cfg(stft="matmul" if stft == "fft" else "fft"))(y)
+  np.testing.assert_allclose(ours, np.asarray(other), rtol=1e-4, atol=1e-5)
+
+
+def test_config_stft_rejects_unknown():
+  c = _audio_cfg(stft="dct")
+  with pytest.raises(ValueError, match=r"config.audio.stft='dct'.*'fft', 'matmul'"):
+    frontend.from_config(c)
+
+
+def test_config_without_stft_uses_fft():
+  """Configs saved before `audio.stft` existed still load, with the FFT they were trained with."""
+  d = get_config().audio.to_dict()
+  del d["stft"]
+  fn = frontend.from_config(types.SimpleNamespace(**d))
+  assert fn.keywords["dft"] == "rfft"

@@ -14,10 +14,97 @@ changes it on an existing model (e.g. after restoring a checkpoint onto a differ
 
 Statistics, scale and bias are float32 whatever the compute dtype: bfloat16 variance estimates over
 large batches lose too much precision. The output is cast back to the input's dtype.
+
+Train mode has a hand-written backward pass (`normalize`, a custom VJP): the textbook BatchNorm gradient
+needs two reductions and one elementwise pass over the activations, where JAX's autodiff of the two-pass
+forward emits several more full passes. The narrow encoders are memory-bound on exactly these passes
+(benchmarks/step_profile.py: elementwise and BatchNorm fusions are a quarter of the default step);
+the gradients are the same to float32 rounding (tests/test_models.py).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+# Benchmarks flip this to time autodiff's backward against the custom VJP; read at trace time.
+CUSTOM_VJP = True
+
+
+def _axes(xg: jax.Array) -> tuple[int, ...]:
+  """The reduced axes of xg [groups, n, ..., features]: all but the first and the last."""
+  return tuple(range(1, xg.ndim - 1))
+
+
+def _statistics(xg: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Two-pass mean and variance of each group of xg [groups, n, ..., features] (keepdims).
+
+  Two-pass: E[(x - mean)^2] does not cancel catastrophically like E[x^2] - mean^2.
+  """
+  mean = jnp.mean(xg, axis=_axes(xg), keepdims=True)
+  return mean, jnp.mean(jnp.square(xg - mean), axis=_axes(xg), keepdims=True)
+
+
+def _normalize_autodiff(xg, scale, bias, epsilon):
+  mean, var = _statistics(xg)
+  return (xg - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias, mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _normalize_custom(xg, scale, bias, epsilon):
+  return _normalize_fwd(xg, scale, bias, epsilon)[0]
+
+
+def _normalize_fwd(xg, scale, bias, epsilon):
+  mean, var = _statistics(xg)
+  inv = jax.lax.rsqrt(var + epsilon)
+  return ((xg - mean) * inv * scale + bias, mean, var), (xg, mean, inv, scale)
+
+
+def _normalize_bwd(epsilon, residuals, cotangents):
+  """Gradients of (y, mean, var) = normalize(x, scale, bias), statistics per group of n rows.
+
+  With xhat = (x - mean) * inv: dx = scale inv (dy - mean(dy) - xhat mean(dy xhat)) + dmean / n
+  + 2 (x - mean) dvar / n; dscale = sum(dy xhat); dbias = sum(dy). Two reductions, one elementwise pass.
+  """
+  del epsilon
+  xg, mean, inv, scale = residuals
+  dy, dmean, dvar = cotangents
+  axes = _axes(xg)
+  n = 1
+  for a in axes:
+    n *= xg.shape[a]
+  centred = xg - mean
+  xhat = centred * inv
+  sum_dy = jnp.sum(dy, axis=axes, keepdims=True)
+  sum_dy_xhat = jnp.sum(dy * xhat, axis=axes, keepdims=True)
+  dx = (scale * inv) * (dy - sum_dy / n - xhat * (sum_dy_xhat / n)) + dmean / n + (2.0 / n) * centred * dvar
+  lead = tuple(range(xg.ndim - 1))
+  return dx, jnp.sum(sum_dy_xhat, axis=lead), jnp.sum(sum_dy, axis=lead)
+
+
+_normalize_custom.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+def normalize(xg: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
+              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Train-mode BatchNorm of xg f32[groups, n, ..., features] with each group's statistics.
+
+  Returns (y like xg, mean, var f32[groups, 1, ..., 1, features]) with y = (x - mean) / sqrt(var + eps)
+  * scale + bias; differentiable in xg, scale and bias (also through mean and var).
+  """
+  fn = _normalize_custom if CUSTOM_VJP else _normalize_autodiff
+  return fn(xg, scale, bias, epsilon)
+
+
+def _train_autodiff(x, scale, bias, epsilon, g):
+  """The train-mode forward as before the custom VJP, op for op (for benchmarks' before/after)."""
+  xg = x.reshape((g, x.shape[0] // g) + x.shape[1:])
+  axes = tuple(range(1, xg.ndim - 1))
+  mean = jnp.mean(xg, axis=axes, keepdims=True)
+  var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+  y = ((xg - mean) * jax.lax.rsqrt(var + epsilon)).reshape(x.shape)
+  return y * scale + bias, mean, var
 
 
 class BatchNorm(nnx.Module):
@@ -52,17 +139,18 @@ class BatchNorm(nnx.Module):
       if b % g:
         raise ValueError(f"BatchNorm with num_groups={g} (per-device statistics, model.bn_sync=False) "
                          f"needs a batch divisible by {g}, got batch {b}")
-      xg = x.reshape((g, b // g) + x.shape[1:])
-      axes = tuple(range(1, xg.ndim - 1))
-      mean = jnp.mean(xg, axis=axes, keepdims=True)
-      # Two-pass variance: E[(x - mean)^2] does not cancel catastrophically like E[x^2] - mean^2.
-      var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
-      y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+      # Group g holds rows [g b / G, (g + 1) b / G) of the batch; all other axes but features are reduced.
+      # (The spatial axes stay separate: flattening them measured much slower on XLA:CPU.)
+      if CUSTOM_VJP:
+        y, mean, var = normalize(x.reshape((g, b // g) + x.shape[1:]), self.scale[...], self.bias[...],
+                                 self.epsilon)
+      else:
+        y, mean, var = _train_autodiff(x, self.scale[...], self.bias[...], self.epsilon, g)
       m = self.momentum
       self.mean[...] = m * self.mean[...] + (1 - m) * mean.reshape(g, -1).mean(0)
       self.var[...] = m * self.var[...] + (1 - m) * var.reshape(g, -1).mean(0)
-    else:
-      y = (x - self.mean[...]) * jax.lax.rsqrt(self.var[...] + self.epsilon)
+      return y.reshape(x.shape).astype(dtype)
+    y = (x - self.mean[...]) * jax.lax.rsqrt(self.var[...] + self.epsilon)
     return (y * self.scale[...] + self.bias[...]).astype(dtype)
 
 

@@ -39,9 +39,50 @@ def lecun_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax
   return (_bucketed_normal(key, shape) * math.sqrt(1.0 / fan_in)).astype(dtype)
 
 
+# Output maps with at most this many positions are convolved as one matmul over explicit patches (im2col).
+SMALL_MAP_POSITIONS = 4
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+  """`jax.lax.conv_general_dilated`, except 2-D channels-last convolutions onto tiny output maps.
+
+  Why: XLA:CPU's convolution kernels run a 3x3 conv onto a 2x2 map (the default video encoder's last
+  stage at 32 px) at ~4% of the matmul rate, forward and backward (benchmarks/step_profile.py); the same
+  sums as one [batch * positions, kh * kw * cin] @ [kh * kw * cin, cout] matmul over the (zero-padded)
+  patches take a fifth of the time. Larger maps keep XLA's kernels: there the patch copies cost more than
+  they save. Same arguments as lax's; lhs [n, h, w, cin], rhs [kh, kw, cin, cout] in the fast path.
+  """
+  def lax_conv():
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision=precision,
+                                        **kwargs)
+
+  if lhs.ndim != 4:  # 1-D (waveform) and 3-D convolutions: lax.
+    return lax_conv()
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  ones = (None, (1, 1), [1, 1])
+  if (feature_group_count != 1 or lhs_dilation not in ones or rhs_dilation not in ones
+      or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc
+      or any(v is not None for v in kwargs.values())):
+    return lax_conv()
+  kh, kw, cin, cout = rhs.shape
+  strides = tuple(window_strides)
+  pads = (jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), strides, padding) if isinstance(padding, str)
+          else [tuple(p) for p in padding])
+  out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in zip(lhs.shape[1:3], pads, (kh, kw), strides)]
+  if min(out) < 1 or out[0] * out[1] > SMALL_MAP_POSITIONS:
+    return lax_conv()
+  x = jnp.pad(lhs, ((0, 0), pads[0], pads[1], (0, 0)))
+  (sh, sw), (oh, ow) = strides, out
+  patches = jnp.concatenate([x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :]
+                             for i in range(kh) for j in range(kw)], axis=-1)  # [n, oh, ow, kh*kw*cin]
+  return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
+
+
 def conv(in_features: int, out_features: int, kernel: Sequence[int], *, strides=1, padding="SAME",
          dilation=1, dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Conv:
   """An N-d convolution (N = len(kernel)) over [batch, *spatial, in_features], without bias."""
   return nnx.Conv(in_features, out_features, tuple(kernel), strides=strides, padding=padding,
                   kernel_dilation=dilation, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=he_normal, rngs=rngs)
+                  kernel_init=he_normal, conv_general_dilated=conv_general_dilated, rngs=rngs)
