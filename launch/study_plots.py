@@ -71,7 +71,7 @@ def plot(summary: dict, spec: dict, path: str) -> None:
   cols = min(3, len(panels))
   rows = math.ceil(len(panels) / cols)
   fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
-  offsets = np.linspace(-0.08, 0.08, len(series)) * (max(pos.values()) - min(pos.values()) or 1)
+  offsets = np.linspace(-0.03, 0.03, len(series)) * (max(pos.values()) - min(pos.values()) or 1)
   for k, panel in enumerate(panels):
     ax = axes[k // cols][k % cols]
     for s_i, s in enumerate(series):
@@ -89,7 +89,7 @@ def plot(summary: dict, spec: dict, path: str) -> None:
         px.append(p)
         means.append(float(np.mean(vals)))
         stds.append(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
-      label = f"{skey.rsplit('.', 1)[-1]}={_label(spec, s)}" if skey else None
+      label = f"{'.'.join(skey.split('.')[-2:])}={_label(spec, s)}" if skey else None
       ax.errorbar(px, means, yerr=stds, marker="o", capsize=3, color=f"C{s_i}", label=label)
     ref = summary.get("reference", {}).get("logmel", {})
     if panel in ref:
