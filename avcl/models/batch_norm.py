@@ -45,11 +45,6 @@ def _statistics(xg: jax.Array) -> tuple[jax.Array, jax.Array]:
   return mean, jnp.mean(jnp.square(xg - mean), axis=_axes(xg), keepdims=True)
 
 
-def _normalize_autodiff(xg, scale, bias, epsilon):
-  mean, var = _statistics(xg)
-  return (xg - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias, mean, var
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _normalize_custom(xg, scale, bias, epsilon):
   return _normalize_fwd(xg, scale, bias, epsilon)[0]
@@ -93,8 +88,7 @@ def normalize(xg: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
   Returns (y like xg, mean, var f32[groups, 1, ..., 1, features]) with y = (x - mean) / sqrt(var + eps)
   * scale + bias; differentiable in xg, scale and bias (also through mean and var).
   """
-  fn = _normalize_custom if CUSTOM_VJP else _normalize_autodiff
-  return fn(xg, scale, bias, epsilon)
+  return _normalize_custom(xg, scale, bias, epsilon)
 
 
 def _train_autodiff(x, scale, bias, epsilon, g):
