@@ -1,7 +1,7 @@
 r"""Train-step throughput: step time, clips/s, XLA's FLOP count and utilisation of the measured matmul rate.
 
     python -m benchmarks.train_step [--configs default,paper] [--paper_batch 4] [--steps 5] [--dtype float32]
-        [--compare main,no_donation,autodiff_bn,lax_small_convs]
+        [--compare main,no_donation,autodiff_bn,lax_small_convs] [--frame_sizes 16,32,64,112]
 
 For each config: the jitted train step (frontend, mixing, encoders, contrastive loss, optimizer update) of
 avcl.train on synthetic batches over all devices JAX sees (by default one CPU device that uses every core;
@@ -140,6 +140,9 @@ def main():
   p.add_argument("--compare", default="",
                  help="comma-separated variants also timed, each against the default step in the same run: "
                       + ", ".join(f"{k} ({v})" for k, v in VARIANTS.items() if k))
+  p.add_argument("--frame_sizes", default="",
+                 help="comma-separated video resolutions (px) at which the default config is also timed, "
+                      "round robin in the same run (the study of docs/study.md: throughput vs resolution)")
   p.add_argument("--matmul_n", type=int, default=2048, help="size of the reference matmul")
   args = p.parse_args()
 
@@ -165,6 +168,11 @@ def main():
     if unknown:
       raise SystemExit(f"--compare: unknown variants {sorted(unknown)} (choose from {list(VARIANTS)})")
     benches = [_Bench(f"{name} ({VARIANTS[v]})" if v else name, config, v) for v in [""] + variants]
+    if name == "default":
+      for size in (int(x) for x in args.frame_sizes.split(",") if x):
+        sized = config.copy_and_resolve_references()
+        sized.data.frame_size = size
+        benches.append(_Bench(f"default @ {size} px video", sized, ""))
     for b in benches:
       print(f"  {b.name}: compile {b.compile_s:.1f} s, init {b.init_s:.1f} s", flush=True)
     # Round robin over the variants, so that a change in the machine's load hits them all alike.
