@@ -2,12 +2,18 @@ r"""Train-step throughput: step time, clips/s, XLA's FLOP count and utilisation 
 
     python -m benchmarks.train_step [--configs default,paper] [--paper_batch 4] [--steps 5] [--dtype float32]
         [--compare main,no_donation,autodiff_bn,lax_small_convs] [--frame_sizes 16,32,64,112]
+        [--default_batches 1024] [--matmul_n 8192] [--peak_tflops 989]
 
 For each config: the jitted train step (frontend, mixing, encoders, contrastive loss, optimizer update) of
 avcl.train on synthetic batches over all devices JAX sees (by default one CPU device that uses every core;
 on a GPU machine, the GPU). XLA's `cost_analysis()` of the compiled step gives its FLOP count; dividing by
 the measured step time gives the achieved FLOP/s, which is compared with the rate of a large float32 (or
 bfloat16, with --dtype) matmul measured in the same run on the same devices: the practical ceiling.
+Two FLOP counts are printed: the compiled step's ("GFLOP/step", what this backend's optimised program
+executes, which on a GPU may leave out work done inside library calls) and the lowered, unoptimised HLO's
+("model GFLOP/step", the same on every backend; where a backend gives no such count, the HLO lowered
+for the CPU backend): the second over the step time is the model FLOPs
+utilisation, against the measured matmul rate and, with --peak_tflops, against the spec-sheet peak.
 
 "paper" is configs/paper_audioset.py (CNN14 + Res1dNet31 + TSM-ResNet50 at 64 px, 32 frames) at a reduced
 global batch (--paper_batch); "default" is configs/default.py as it trains on the embedded world.
@@ -65,6 +71,8 @@ def _flops(compiled) -> float:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # Older JAX: one dict per program.
     cost = cost[0]
+  if not cost:  # Some backends (JAX 0.11 on GPU) give no count for the lowered HLO.
+    return float("nan")
   return float(cost.get("flops", float("nan")))
 
 
@@ -77,6 +85,25 @@ def _synthetic_batch(config, rng):
   if "frames" in train.batch_keys(config):
     batch["frames"] = rng.integers(0, 256, (b, f, s, s, 3), dtype=np.uint8)
   return batch
+
+
+def _model_flops_on_cpu(config, batch) -> float:
+  """FLOPs of the step's lowered HLO for one CPU device: the count when this backend gives none.
+
+  JAX 0.11 on a GPU returns no cost analysis for lowered HLO, and the compiled GPU step's count leaves out
+  the convolutions that cuDNN runs (seen on an H200: 2.45 GFLOP for a step whose HLO holds 15.8), so the
+  same step is traced again for the CPU backend, which is lowered only, never compiled or run.
+  """
+  mesh = sharding.make_mesh(jax.devices("cpu")[:1])
+  trainer = train.make_trainer(config, mesh)
+  spec = sharding.batch_sharding(mesh)
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec) for k, v in batch.items()}
+  return _flops(trainer.step.lower(trainer.abstract_state, abstract_batch))
+
+
+def _progress(name: str, what: str) -> None:
+  # Printed as it happens, so that a run cut off by a time limit still shows which phase took the time.
+  print(f"  [{time.strftime('%H:%M:%S')}] {name}: {what}", flush=True)
 
 
 class _Bench:
@@ -99,17 +126,26 @@ class _Bench:
       self.state = trainer.init()
       jax.block_until_ready(self.state)
       self.init_s = time.perf_counter() - t0
+      _progress(name, f"state initialised in {self.init_s:.1f} s")
       self.mesh, self.rng = mesh, np.random.default_rng(0)
       batch = self._batch()
       t0 = time.perf_counter()
-      self.compiled = trainer.step.lower(self.state, batch).compile()
+      lowered = trainer.step.lower(self.state, batch)
+      # The lowered (unoptimised) HLO's count is the same on every backend: the model FLOPs of MFU.
+      self.model_flops = _flops(lowered)
+      self.compiled = lowered.compile()
       self.compile_s = time.perf_counter() - t0
+      _progress(name, f"step compiled in {self.compile_s:.1f} s")
     finally:
       batch_norm.CUSTOM_VJP = True
       conv.SMALL_MAP_POSITIONS = SMALL_MAP_POSITIONS
     self.flops = _flops(self.compiled)
+    if np.isnan(self.model_flops):
+      self.model_flops = _model_flops_on_cpu(config, batch)
+    t0 = time.perf_counter()
     self.state, self.metrics = self.compiled(self.state, batch)  # Warm-up (first run allocates).
     jax.block_until_ready(self.metrics)
+    _progress(name, f"first step ran in {time.perf_counter() - t0:.1f} s")
     self.times = []
 
   def _batch(self):
@@ -128,7 +164,8 @@ class _Bench:
     b = self.config.train.global_batch_size
     return {"name": self.name, "batch": b, "init_s": self.init_s, "compile_s": self.compile_s,
             "step_s": step_s, "clips_per_s": b / step_s, "flops": self.flops,
-            "flops_per_s": self.flops / step_s, "loss": float(self.metrics["loss"])}
+            "flops_per_s": self.flops / step_s, "model_flops": self.model_flops,
+            "loss": float(self.metrics["loss"])}
 
 
 def main():
@@ -144,6 +181,12 @@ def main():
                  help="comma-separated video resolutions (px) at which the default config is also timed, "
                       "round robin in the same run (the study of docs/study.md: throughput vs resolution)")
   p.add_argument("--matmul_n", type=int, default=2048, help="size of the reference matmul")
+  p.add_argument("--default_batches", default="",
+                 help="comma-separated global batch sizes at which the default config is also timed "
+                      "(its own batch, 64, is launch-bound on a GPU)")
+  p.add_argument("--peak_tflops", type=float, default=0.0,
+                 help="the device's spec-sheet peak rate (TFLOP/s, in --dtype) for an MFU column, e.g. "
+                      "989 for an H100/H200 SXM in dense bfloat16; 0: no such column")
   args = p.parse_args()
 
   devices = jax.devices()
@@ -173,6 +216,10 @@ def main():
         sized = config.copy_and_resolve_references()
         sized.data.frame_size = size
         benches.append(_Bench(f"default @ {size} px video", sized, ""))
+      for batch in (int(x) for x in args.default_batches.split(",") if x):
+        sized = config.copy_and_resolve_references()
+        sized.train.global_batch_size = batch
+        benches.append(_Bench(f"default @ batch {batch}", sized, ""))
     for b in benches:
       print(f"  {b.name}: compile {b.compile_s:.1f} s, init {b.init_s:.1f} s", flush=True)
     # Round robin over the variants, so that a change in the machine's load hits them all alike.
@@ -183,7 +230,9 @@ def main():
     rows.extend(dict(b.row(), base_s=benches[0].row()["step_s"], main_flops=main_flops) for b in benches)
 
   header = ("config", "batch", "step ms", "x first row", "clips/s", "GFLOP/step", "GFLOP/s", "util %",
-            "util % (main FLOPs)")
+            "util % (main FLOPs)", "model GFLOP/step", "model util %")
+  if args.peak_tflops:
+    header += (f"MFU % of {args.peak_tflops:g} TFLOP/s",)
   print()
   print(" | ".join(header))
   print(" | ".join("---" for _ in header))
@@ -192,7 +241,10 @@ def main():
                       f"{r['step_s'] / r['base_s']:.2f}", f"{r['clips_per_s']:.1f}",
                       f"{r['flops'] / 1e9:.2f}", f"{r['flops_per_s'] / 1e9:.1f}",
                       f"{100 * r['flops_per_s'] / ceiling:.1f}",
-                      "" if r["main_flops"] is None else f"{100 * r['main_flops'] / r['step_s'] / ceiling:.1f}"]))
+                      "" if r["main_flops"] is None else f"{100 * r['main_flops'] / r['step_s'] / ceiling:.1f}",
+                      f"{r['model_flops'] / 1e9:.2f}", f"{100 * r['model_flops'] / r['step_s'] / ceiling:.1f}"]
+                     + ([f"{100 * r['model_flops'] / r['step_s'] / (args.peak_tflops * 1e12):.1f}"]
+                        if args.peak_tflops else [])))
 
 
 if __name__ == "__main__":
