@@ -44,6 +44,15 @@ def _window_count(num_samples, window: int, hop: int):
   return 1 + (extra + hop - 1) // hop
 
 
+def _encoder_input(config, encoder: str, samples: int) -> jax.ShapeDtypeStruct:
+  """The abstract input the encoder sees for one window of `samples` samples (log-mel or waveform)."""
+  if encoder != "logmel":
+    return jax.ShapeDtypeStruct((1, samples), np.float32)
+  from avcl import frontend as frontend_lib
+  frontend = frontend_lib.from_config(config.audio)
+  return jax.eval_shape(frontend, jax.ShapeDtypeStruct((1, samples), np.float32))
+
+
 class AvclHearModel(tf.Module):
   """avcl audio encoder as a tf.Module with HEAR's attributes and embedding functions."""
 
@@ -61,7 +70,9 @@ class AvclHearModel(tf.Module):
     runner.validate_eval_config(e)
     self.sample_rate = int(config.audio.sample_rate)
     encoder = embed_lib.audio_encoder_name(model)
-    dim = int(model.encoders[encoder].feature_dim)
+    # The embedding size depends on the probed layer (config.eval.features; "stats" is larger).
+    window = int(round(e.window_seconds * int(config.audio.sample_rate)))
+    dim = model.feature_dim_of(encoder, _encoder_input(config, encoder, window), layer=e.features)
     self.scene_embedding_size = dim
     self.timestamp_embedding_size = dim
     self.checkpoint_step = int(step)

@@ -105,6 +105,7 @@ def get_config():
   c.eval.tasks = ("audioset",)  # paper: AudioSet classification (mAP) is the headline task
   c.eval.window_seconds = 3.2  # ours: the training crop length
   c.eval.hop_seconds = 1.6  # ours
+  c.eval.features = "pooled"  # lineage: PANNs' 2048-d embedding input ("stats" would be 8192-d at depth 6)
   c.eval.batch_size = 256  # ours
   c.eval.baselines = ("random_init",)  # ours
   return c

@@ -33,10 +33,12 @@ def hear_model():
 
 
 def test_attributes(hear_model):
-  m, model, _ = hear_model
+  m, model, c = hear_model
   assert isinstance(m, tf.Module)
   assert m.sample_rate == 16000 and isinstance(m.sample_rate, int)
-  assert m.scene_embedding_size == m.timestamp_embedding_size == model.audio_feature_dim
+  # The default config probes "stats": 64 mel bins pooled once (32) x 8 channels, mean and std.
+  assert c.eval.features == "stats"
+  assert m.scene_embedding_size == m.timestamp_embedding_size == 2 * 32 * 8
   assert all(not v.trainable for v in m.variables)
 
 
@@ -102,3 +104,17 @@ def test_saved_model_roundtrip(hear_model, tmp_path):
   e2, t2 = hear.get_timestamp_embeddings(audio, m)
   np.testing.assert_allclose(e1.numpy(), e2.numpy(), rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(t1.numpy(), t2.numpy())
+
+
+def test_pooled_features_size_and_values():
+  """config.eval.features = "pooled": the sizes follow the layer, and embeddings match the JAX embedder."""
+  c = tiny_config()
+  c.eval.features = "pooled"
+  model = models.build_model(c.model, c.audio, rngs=nnx.Rngs(0))
+  m = hear.AvclHearModel(model, c, step=0)
+  assert m.scene_embedding_size == m.timestamp_embedding_size == model.audio_feature_dim == 8
+  audio = np.random.default_rng(2).uniform(-0.5, 0.5, (2, 20000)).astype(np.float32)
+  scene = hear.get_scene_embeddings(audio, m).numpy()
+  ref = hear.numpy_reference(model, c)
+  assert ref.dim == m.scene_embedding_size
+  np.testing.assert_allclose(scene, ref.embed_clips(list(audio)), rtol=1e-3, atol=1e-4)

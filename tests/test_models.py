@@ -531,6 +531,40 @@ def test_encode_pooled_of_an_encoder_without_fc_is_its_output():
   np.testing.assert_array_equal(model.encode("logmel", x, layer="pooled"), model.encode("logmel", x))
 
 
+def test_encode_stats_are_mean_and_std_over_time_of_the_conv_map():
+  """layer="stats": per (frequency bin, channel) mean and std over time of CNN14's last map, in float64."""
+  c = _cfg()
+  model = build_model(c.model, c.audio, rngs=nnx.Rngs(0))
+  x = _rand(0, (3, 151, 64))
+  stats = np.asarray(nnx.jit(lambda m, v: m.encode("logmel", v, layer="stats"))(model, x), np.float64)
+  cmap = np.asarray(nnx.jit(lambda m, v: m.encoders["logmel"].conv_map(v, train=False))(model, x), np.float64)
+  b, t, f, ch = cmap.shape
+  assert f == 64 // 2 ** (c.model.logmel.depth - 1) and ch == model.encoders["logmel"].feature_dim
+  flat = cmap.reshape(b, t, f * ch)
+  ref = np.concatenate([flat.mean(1), flat.std(1)], axis=-1)
+  assert stats.shape == (3, 2 * f * ch)
+  np.testing.assert_allclose(stats, ref, rtol=1e-4, atol=1e-5)
+  abstract = jax.ShapeDtypeStruct((1, 151, 64), jnp.float32)
+  assert model.feature_dim_of("logmel", abstract, "stats") == 2 * f * ch
+  assert model.feature_dim_of("logmel", abstract, "pooled") == ch
+  # The pooled features are the same map, frequency averaged, smoothed (PANNs: max_pool1d(3) +
+  # avg_pool1d(3), padding 1, zeros counted) and max + mean pooled over time.
+  pooled = np.asarray(model.encode("logmel", x, layer="pooled"), np.float64)
+  m = cmap.mean(2)
+  pad_max = np.pad(m, ((0, 0), (1, 1), (0, 0)), constant_values=-np.inf)
+  pad_avg = np.pad(m, ((0, 0), (1, 1), (0, 0)))
+  smooth = (np.max([pad_max[:, i:i + t] for i in range(3)], axis=0)
+            + np.mean([pad_avg[:, i:i + t] for i in range(3)], axis=0))
+  np.testing.assert_allclose(pooled, smooth.max(1) + smooth.mean(1), rtol=1e-4, atol=1e-5)
+
+
+def test_encode_stats_of_another_encoder_names_it():
+  c = _cfg(**{"logmel.name": "resnet"})
+  model = build_model(c.model, c.audio, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="'stats' is available for the cnn14 log-mel encoder only"):
+    model.encode("logmel", _rand(0, (2, 101, 64)), layer="stats")
+
+
 @pytest.mark.parametrize("shape, kernel, stride, im2col", [
     ((6, 2, 2, 5), (3, 3, 5, 7), 1, True),  # onto a 2x2 map
     ((6, 4, 4, 5), (3, 3, 5, 7), 2, True),  # strided onto 2x2

@@ -109,10 +109,12 @@ class Embedder:
     if min(self.hop, self.timestamp_hop) < 1:
       raise ValueError("eval hop_seconds / timestamp_hop_seconds are below one sample")
     self.batch_size = int(batch_size)
-    self.dim = int(model.encoders[self.encoder].feature_dim)
     graphdef, self._state = nnx.split(model)
     self.layer = layer
     self._encode = _encode_fn(graphdef, self.encoder, _audio_key(audio_cfg), layer)
+    # The feature size depends on the layer ("stats" is larger than the encoder's feature_dim).
+    self.dim = int(jax.eval_shape(self._encode, self._state,
+                                  jax.ShapeDtypeStruct((1, self.window), jnp.float32)).shape[-1])
 
   def window_features(self, windows: np.ndarray) -> np.ndarray:
     """f32[m, window] -> f32[m, dim], in batches of `batch_size` (the last one zero-padded)."""

@@ -64,6 +64,25 @@ class Cnn14(nnx.Module):
 
   def pooled(self, x: jax.Array, *, train: bool) -> jax.Array:
     """The globally pooled conv features before `fc`: [batch, frames, mels] -> f32[batch, feature_dim]."""
+    x = jnp.mean(self.conv_map(x, train=train), axis=2)  # mean over frequency: [b, t, c]
+    return max_plus_mean_over_time(smooth_time(x))
+
+  def stats(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Mean and standard deviation over time of the last conv map, frequency kept (probing only).
+
+    [batch, frames, mels] -> f32[batch, stats_dim], stats_dim = 2 * (mels // 2^(depth-1)) * channels:
+    the statistics the pooled log-mel baseline takes of each mel band, taken of each (frequency bin,
+    channel) of the learned map, so that a probe compares features, not poolings. CNN14's own pooling
+    averages the frequency axis away before any classifier sees it.
+    """
+    x = self.conv_map(x, train=train)  # [b, t, f, c]
+    x = x.reshape(x.shape[0], x.shape[1], -1)
+    mean = jnp.mean(x, axis=1)
+    std = jnp.sqrt(jnp.mean(jnp.square(x - mean[:, None]), axis=1))
+    return jnp.concatenate([mean, std], axis=-1)
+
+  def conv_map(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """The last conv block's output: [batch, frames, mels] -> f32[batch, frames', mels', channels]."""
     if x.ndim != 3 or x.shape[-1] != self.n_mels:
       raise ValueError(f"cnn14 expects log-mel [batch, frames, {self.n_mels}], got shape {x.shape}")
     if x.shape[1] < self.min_frames:
@@ -71,6 +90,4 @@ class Cnn14(nnx.Module):
                        f"got {x.shape[1]}")
     x = self.bn0(x, train=train)  # float32 statistics over batch and time, per mel bin
     x = x.astype(self.dtype)[..., None]  # [b, t, f, 1]
-    x = run_blocks(self.blocks, x, remat=self.remat, train=train)
-    x = jnp.mean(x.astype(jnp.float32), axis=2)  # mean over frequency: [b, t, c]
-    return max_plus_mean_over_time(smooth_time(x))
+    return run_blocks(self.blocks, x, remat=self.remat, train=train).astype(jnp.float32)
