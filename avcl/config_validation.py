@@ -298,7 +298,14 @@ def _check_model(cfg):
 
 def _check_eval(cfg):
   from avcl.evaluate import runner  # pylint: disable=g-import-not-at-top
-  runner.validate_eval_config(runner.with_eval_defaults(cfg).eval)
+  e = runner.with_eval_defaults(cfg).eval
+  runner.validate_eval_config(e)
+  # Checked here, before training, so that a run does not train for hours and then fail to evaluate.
+  eval_encoder = "logmel" if cfg.model.logmel.name else "wave"
+  if e.features == "stats" and cfg.model[eval_encoder].name != "cnn14":
+    raise ValueError(f"eval.features='stats' needs the cnn14 log-mel encoder (it pools CNN14's last conv map), "
+                     f"but downstream tasks would use model.{eval_encoder}.name="
+                     f"{cfg.model[eval_encoder].name!r}: set eval.features to 'pooled' or 'output'")
 
 
 _PART_CHECKS = (_check_frontend, _check_augment, _check_model, _check_eval)

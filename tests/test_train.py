@@ -169,6 +169,16 @@ def test_pair_needing_an_absent_encoder_is_rejected():
     config_validation.validate_config(config)
 
 
+def test_stats_features_need_cnn14_before_training():
+  config = default_config.get_config()
+  config.model.logmel.name = "resnet"
+  with pytest.raises(config_validation.ConfigError, match=r"eval.features='stats' needs the cnn14 log-mel "
+                     r"encoder .* model.logmel.name='resnet'"):
+    config_validation.validate_config(config)
+  config.eval.features = "pooled"
+  config_validation.validate_config(config)
+
+
 def test_default_configs_are_valid():
   config_validation.validate_config(default_config.get_config(), num_devices=8)
   config_validation.validate_config(test_tiny.get_config(), num_devices=8)
