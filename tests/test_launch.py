@@ -225,6 +225,17 @@ def test_tpu_pack_holds_the_code_not_the_clutter(tmp_path, monkeypatch):
 
 # ---- GPU -----------------------------------------------------------------------------------------
 
+def _leading_env(argv):
+  """The NAME=VALUE assignments that start a printed command line."""
+  env = {}
+  for token in argv:
+    name, eq, value = token.partition("=")
+    if not eq or not name.isidentifier() or not name.isupper():
+      break
+    env[name] = value
+  return env
+
+
 def test_gpu_dry_run_process_per_gpu(capsys, no_subprocess):
   gpu.main(["--gpus", "0,1", "--process-per-gpu", "--config", "configs/default.py", "--workdir", "/tmp/gw",
             "--override", "train.global_batch_size=512", "--port", "12345", "--dry-run"])
@@ -232,7 +243,8 @@ def test_gpu_dry_run_process_per_gpu(capsys, no_subprocess):
   runs = [shlex.split(l) for l in lines if "avcl.main" in l]
   assert len(runs) == 2
   for i, r in enumerate(runs):
-    env = dict(x.split("=", 1) for x in r[:4])
+    env = _leading_env(r)
+    assert env["JAX_COMPILATION_CACHE_DIR"] == os.path.expanduser(gpu.DEFAULT_COMPILATION_CACHE)
     assert env["CUDA_VISIBLE_DEVICES"] == str(i)
     assert env["JAX_PLATFORMS"] == "cuda"
     assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.90"
@@ -245,10 +257,11 @@ def test_gpu_dry_run_process_per_gpu(capsys, no_subprocess):
 
 def test_gpu_dry_run_one_process_all_gpus(capsys, no_subprocess):
   gpu.main(["--num-gpus", "4", "--config", "configs/default.py", "--workdir", "/tmp/gw", "--mem-fraction",
-            "0.8", "--command-buffers", "off", "--deterministic", "--dry-run"])
+            "0.8", "--command-buffers", "off", "--deterministic", "--compilation-cache", "", "--dry-run"])
   runs = [shlex.split(l) for l in _lines(capsys) if "avcl.main" in l]
   assert len(runs) == 1
-  env = dict(x.split("=", 1) for x in runs[0][:4])
+  env = _leading_env(runs[0])
+  assert "JAX_COMPILATION_CACHE_DIR" not in env  # --compilation-cache "" turns it off.
   assert env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
   assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.80"
   assert env["XLA_FLAGS"].split() == ["--xla_gpu_enable_latency_hiding_scheduler=true",
@@ -282,6 +295,18 @@ def test_gpu_xla_flags_accepted_by_installed_jaxlib():
   assert r.returncode == 0 and r.stdout.strip() == "3.0", r.stderr[-2000:]
   bad = _jax_accepts("--xla_gpu_enable_command_buffer=NOT_A_TYPE")  # The check can fail.
   assert bad.returncode != 0
+
+
+def test_compilation_cache_env_is_honoured_by_installed_jax(tmp_path):
+  """The launcher's JAX_COMPILATION_CACHE_DIR makes the installed jax write compiled programs there."""
+  env = {**gpu.gpu_env(visible=[], flags=[], mem_fraction=0.9, preallocate=True, platform="cpu",
+                       compilation_cache=str(tmp_path / "cache")),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  code = "import jax, jax.numpy as jnp; print(float(jax.jit(lambda x: (x @ x.T).sum())(jnp.ones((8, 8)))))"
+  r = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == 0 and r.stdout.strip() == "512.0", r.stderr[-2000:]
+  assert any(n.startswith("jit_") for n in os.listdir(tmp_path / "cache"))
 
 
 # ---- local multi-process (command lines only; the real run is further down) -------------------------
