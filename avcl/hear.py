@@ -44,15 +44,6 @@ def _window_count(num_samples, window: int, hop: int):
   return 1 + (extra + hop - 1) // hop
 
 
-def _encoder_input(config, encoder: str, samples: int) -> jax.ShapeDtypeStruct:
-  """The abstract input the encoder sees for one window of `samples` samples (log-mel or waveform)."""
-  if encoder != "logmel":
-    return jax.ShapeDtypeStruct((1, samples), np.float32)
-  from avcl import frontend as frontend_lib
-  frontend = frontend_lib.from_config(config.audio)
-  return jax.eval_shape(frontend, jax.ShapeDtypeStruct((1, samples), np.float32))
-
-
 class AvclHearModel(tf.Module):
   """avcl audio encoder as a tf.Module with HEAR's attributes and embedding functions."""
 
@@ -70,11 +61,6 @@ class AvclHearModel(tf.Module):
     runner.validate_eval_config(e)
     self.sample_rate = int(config.audio.sample_rate)
     encoder = embed_lib.audio_encoder_name(model)
-    # The embedding size depends on the probed layer (config.eval.features; "stats" is larger).
-    window = int(round(e.window_seconds * int(config.audio.sample_rate)))
-    dim = model.feature_dim_of(encoder, _encoder_input(config, encoder, window), layer=e.features)
-    self.scene_embedding_size = dim
-    self.timestamp_embedding_size = dim
     self.checkpoint_step = int(step)
     sr = self.sample_rate
     self._window = int(round(e.window_seconds * sr))
@@ -83,9 +69,6 @@ class AvclHearModel(tf.Module):
     self._ts_hop = int(round(e.timestamp_hop_seconds * sr))
     if min(self._hop, self._ts_hop) < 1:
       raise ValueError("config.eval.hop_seconds and timestamp_hop_seconds must be at least one sample")
-    # Stored as variables too, so a SavedModel of this module carries them.
-    self._meta = tf.Variable([sr, dim, self._window, self._hop, self._ts_window, self._ts_hop, int(step)],
-                             trainable=False, dtype=tf.int64, name="meta")
 
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(state)
@@ -96,6 +79,14 @@ class AvclHearModel(tf.Module):
       """windows f32[b, window] -> f32[b, dim] (eval-mode BatchNorm)."""
       m = nnx.merge(graphdef, jax.tree.unflatten(treedef, weights))
       return m.encode(encoder, frontend(windows), train=False, layer=e.features)
+
+    # The embedding size depends on the probed layer (config.eval.features; "stats" is larger).
+    dim = int(jax.eval_shape(encode, leaves, jax.ShapeDtypeStruct((1, self._window), np.float32)).shape[-1])
+    self.scene_embedding_size = dim
+    self.timestamp_embedding_size = dim
+    # Stored as variables too, so a SavedModel of this module carries them.
+    self._meta = tf.Variable([sr, dim, self._window, self._hop, self._ts_window, self._ts_hop, int(step)],
+                             trainable=False, dtype=tf.int64, name="meta")
 
     weight_shapes = [None] * len(leaves)
     self._encode_scene = jax2tf.convert(encode, polymorphic_shapes=[weight_shapes, f"(b, {self._window})"],

@@ -544,9 +544,9 @@ def test_encode_stats_are_mean_and_std_over_time_of_the_conv_map():
   ref = np.concatenate([flat.mean(1), flat.std(1)], axis=-1)
   assert stats.shape == (3, 2 * f * ch)
   np.testing.assert_allclose(stats, ref, rtol=1e-4, atol=1e-5)
-  abstract = jax.ShapeDtypeStruct((1, 151, 64), jnp.float32)
-  assert model.feature_dim_of("logmel", abstract, "stats") == 2 * f * ch
-  assert model.feature_dim_of("logmel", abstract, "pooled") == ch
+  from avcl.evaluate import embed  # pylint: disable=g-import-not-at-top
+  for layer, dim in (("stats", 2 * f * ch), ("pooled", ch)):
+    assert embed.Embedder(model, c.audio, window_seconds=1.5, hop_seconds=0.75, layer=layer).dim == dim
   # The pooled features are the same map, frequency averaged, smoothed (PANNs: max_pool1d(3) +
   # avg_pool1d(3), padding 1, zeros counted) and max + mean pooled over time.
   pooled = np.asarray(model.encode("logmel", x, layer="pooled"), np.float64)

@@ -104,7 +104,7 @@ class AVModel(nnx.Module):
     layer: "output", the encoder's output (the head's input; for CNN14 and Res1dNet31 after their fc and
     ReLU); or "pooled", the globally pooled conv features before that fc (same dim; for encoders without
     an fc the two are the same); or "stats", the mean and standard deviation over time of the last conv
-    map with its frequency axis kept (CNN14 only; dim: `feature_dim_of`).
+    map with its frequency axis kept (CNN14 only; 2 x frequency bins x channels).
     """
     if layer not in ENCODE_LAYERS:
       raise ValueError(f"encode layer must be one of {ENCODE_LAYERS}, got {layer!r}")
@@ -118,12 +118,6 @@ class AVModel(nnx.Module):
                        f"encoder is {type(module).__name__}: use 'pooled' or 'output'")
     fn = getattr(module, layer, module.__call__) if layer != "output" else module.__call__
     return fn(x, train=train).astype(jnp.float32)
-
-  def feature_dim_of(self, name: str, x: jax.ShapeDtypeStruct, layer: str = "output") -> int:
-    """The size of `encode(name, x, layer=layer)`'s features for inputs shaped like `x` (no compute)."""
-    graphdef, state = nnx.split(self)
-    out = jax.eval_shape(lambda s, v: nnx.merge(graphdef, s).encode(name, v, layer=layer), state, x)
-    return int(out.shape[-1])
 
   def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> dict[str, jax.Array]:
     """{key: input} -> {key: f32[batch, embed_dim]} projected, L2-normalised embeddings."""
