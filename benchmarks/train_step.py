@@ -6,9 +6,11 @@ r"""Train-step throughput: step time, clips/s, XLA's FLOP count and utilisation 
 
 For each config: the jitted train step (frontend, mixing, encoders, contrastive loss, optimizer update) of
 avcl.train on synthetic batches over all devices JAX sees (by default one CPU device that uses every core;
-on a GPU machine, the GPU). XLA's `cost_analysis()` of the compiled step gives its FLOP count; dividing by
-the measured step time gives the achieved FLOP/s, which is compared with the rate of a large float32 (or
-bfloat16, with --dtype) matmul measured in the same run on the same devices: the practical ceiling.
+on a GPU machine, the GPU), with its per-device peak memory from XLA's memory_analysis() (the figure
+benchmarks/scale_check.py gives from the CPU backend for any device count). XLA's `cost_analysis()` of
+the compiled step gives its FLOP count; dividing by the measured step time gives the achieved FLOP/s,
+which is compared with the rate of a large float32 (or bfloat16, with --dtype) matmul measured in the
+same run on the same devices: the practical ceiling.
 Two FLOP counts are printed: the compiled step's ("GFLOP/step", what this backend's optimised program
 executes, which on a GPU may leave out work done inside library calls) and the lowered, unoptimised HLO's
 ("model GFLOP/step", the same on every backend; where a backend gives no such count, the HLO lowered
@@ -140,6 +142,9 @@ class _Bench:
       batch_norm.CUSTOM_VJP = True
       conv.SMALL_MAP_POSITIONS = SMALL_MAP_POSITIONS
     self.flops = _flops(self.compiled)
+    mem = self.compiled.memory_analysis()  # Per device, as benchmarks.scale_check reports it.
+    self.peak_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                       - mem.alias_size_in_bytes) if mem is not None else float("nan")
     if np.isnan(self.model_flops):
       self.model_flops = _model_flops_on_cpu(config, batch)
     t0 = time.perf_counter()
@@ -165,6 +170,7 @@ class _Bench:
     return {"name": self.name, "batch": b, "init_s": self.init_s, "compile_s": self.compile_s,
             "step_s": step_s, "clips_per_s": b / step_s, "flops": self.flops,
             "flops_per_s": self.flops / step_s, "model_flops": self.model_flops,
+            "peak_bytes": self.peak_bytes,
             "loss": float(self.metrics["loss"])}
 
 
@@ -230,7 +236,7 @@ def main():
     rows.extend(dict(b.row(), base_s=benches[0].row()["step_s"], main_flops=main_flops) for b in benches)
 
   header = ("config", "batch", "step ms", "x first row", "clips/s", "GFLOP/step", "GFLOP/s", "util %",
-            "util % (main FLOPs)", "model GFLOP/step", "model util %")
+            "util % (main FLOPs)", "model GFLOP/step", "model util %", "peak GiB/device")
   if args.peak_tflops:
     header += (f"MFU % of {args.peak_tflops:g} TFLOP/s",)
   print()
@@ -242,7 +248,8 @@ def main():
                       f"{r['flops'] / 1e9:.2f}", f"{r['flops_per_s'] / 1e9:.1f}",
                       f"{100 * r['flops_per_s'] / ceiling:.1f}",
                       "" if r["main_flops"] is None else f"{100 * r['main_flops'] / r['step_s'] / ceiling:.1f}",
-                      f"{r['model_flops'] / 1e9:.2f}", f"{100 * r['model_flops'] / r['step_s'] / ceiling:.1f}"]
+                      f"{r['model_flops'] / 1e9:.2f}", f"{100 * r['model_flops'] / r['step_s'] / ceiling:.1f}",
+                      f"{r['peak_bytes'] / 2**30:.2f}"]
                      + ([f"{100 * r['model_flops'] / r['step_s'] / (args.peak_tflops * 1e12):.1f}"]
                         if args.peak_tflops else [])))
 
