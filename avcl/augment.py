@@ -1,18 +1,32 @@
 """On-device augmentations: mixing, random gain, SpecAugment, video normalisation.
 
 Every function is pure: `f(key, arrays, ...) -> arrays`, jit-able, written in the global view (the batch
-axis may be sharded over the mesh; XLA inserts the collectives a global-partner gather needs).
+axis may be sharded over the mesh). The one exception to "XLA inserts the collectives" is the movement of
+mixing partners between devices (`partner_rows`), which is an explicit `shard_map` with one
+`lax.ppermute`: left to the partitioner, a gather of partner rows becomes an all-gather of every clip's
+waveform, STFT frames and video frames onto every device.
 
 Mixing (the paper's second lever) follows what the paper states (each clip is mixed with another clip
 of the batch, the primary clip dominates, the positive pair stays the primary clip's own modalities);
-the exact distribution is ours and lives in `config.augment.mix`:
-- partner: a random derangement of the batch (partner of sample perm[i] is perm[i + 1]), so no sample is
-  its own partner. "global" draws it over the whole global batch; "local" within each contiguous block
-  of batch / num_shards samples, i.e. within each device's shard (no cross-device traffic).
+the exact distribution is ours and lives in `config.augment.mix`. With n devices, each holding b = B / n
+contiguous rows of the global batch B:
+- partner ("mix.partner"), a map i -> partner(i) that is a permutation of the batch without fixed points:
+  - "global": the partner of every clip on device d is on device (d + s) mod n, for one shift s drawn
+    uniformly from 1..n-1 each step (the same for all devices), at a row given by a random permutation of
+    that device's b rows. Each device receives exactly one other device's shard (one collective-permute
+    of b clips, whatever n), and over steps a clip meets partners from every device. With n = 1 it is
+    the single-cycle derangement below over the whole batch.
+  - "local": a single-cycle derangement within each device's b rows (perm a random permutation of the
+    block, partner[perm[i]] = perm[i + 1]): no cross-device traffic.
+  - "gathered": the single-cycle derangement over the whole global batch, whatever n: the same partners
+    on every mesh, but every device then holds every clip (XLA all-gathers the waveforms, STFT frames and
+    frames: memory and traffic O(B) per device). For reproducing a result across slice sizes.
 - weight: the partner's weight w per sample is `max_weight * Beta(alpha, alpha)` ("beta") or
   `max_weight * Uniform(0, 1)` ("uniform"), max_weight <= 0.5 so the primary sample keeps >= 1 - w.
 - mixed = (1 - w) * x + w * x[partner] for waveforms and frames; for log-mels, log-mixup-exp (BYOL-A):
   log((1 - w) * exp(x) + w * exp(x[partner])). w = 0 returns x exactly.
+  Frames move between devices as stored (uint8, a quarter of float32's bytes) and are normalised after
+  the move; the frontend runs on each device's own clips.
 
 `augment_batch` order (one call per train step):
   1. random gain on the waveform (per sample, uniform in +-gain_db);
@@ -21,7 +35,8 @@ the exact distribution is ours and lives in `config.augment.mix`:
   4. log-mel domain -> log-mixup-exp on the log-mel (the waveform input, if used, is mixed linearly
      with the same partner and weight, so all audio inputs of a sample hold the same mixture);
   5. SpecAugment time and frequency masks on the log-mel;
-  video: u8 -> float, normalised by ImageNet mean/std, mixed with the same partner and weight.
+  video: u8 frames of the partner moved as u8, both normalised by ImageNet mean/std, mixed with the
+  same partner and weight.
   The optional second log-mel view ("logmel2", for the audio-only pair) repeats 1-5 from the clean
   waveform with an independent key (its own gain, partner, weight and masks).
 """
@@ -29,37 +44,103 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from avcl import sharding
 
 # ImageNet statistics (RGB, on [0, 1] pixels): the usual input normalisation of (TSM-)ResNets.
 VIDEO_MEAN = (0.485, 0.456, 0.406)
 VIDEO_STD = (0.229, 0.224, 0.225)
 
 DISTRIBUTIONS = ("beta", "uniform")
-PARTNERS = ("global", "local")
+PARTNERS = ("global", "local", "gathered")
 AUDIO_DOMAINS = ("waveform", "logmel")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Mixing.
 # ----------------------------------------------------------------------------------------------------
-def mix_partners(key: jax.Array, batch_size: int, *, partner: str = "global",
-                 num_shards: int = 1) -> jax.Array:
-  """Partner index of each sample: int32[batch], a random derangement (within shards for "local").
+def _derangement(key: jax.Array, blocks: int, n: int) -> jax.Array:
+  """int32[blocks * n]: a single-cycle derangement within each contiguous block of n rows.
 
   A random permutation `perm` of the block, then partner[perm[i]] = perm[(i + 1) % n]: a single cycle,
   so no sample is its own partner when the block has more than one sample.
   """
-  if partner not in PARTNERS:
-    raise ValueError(f"partner must be one of {PARTNERS}, got {partner!r}")
-  blocks = num_shards if partner == "local" else 1
-  if blocks < 1 or batch_size % blocks:
-    raise ValueError(f"batch_size={batch_size} must be a positive multiple of num_shards={num_shards}")
-  n = batch_size // blocks
   perm = jnp.argsort(jax.random.uniform(key, (blocks, n)), axis=-1).astype(jnp.int32)  # [blocks, n]
   nxt = jnp.roll(perm, -1, axis=-1)
   partners = jnp.zeros((blocks, n), jnp.int32)
   partners = partners.at[jnp.arange(blocks)[:, None], perm].set(nxt)
-  return (partners + n * jnp.arange(blocks, dtype=jnp.int32)[:, None]).reshape(batch_size)
+  return (partners + n * jnp.arange(blocks, dtype=jnp.int32)[:, None]).reshape(blocks * n)
+
+
+def partner_plan(key: jax.Array, batch_size: int, *, partner: str = "global", num_shards: int = 1
+                 ) -> tuple[jax.Array, jax.Array | None]:
+  """(partner index int32[batch], device shift int32[] or None): the partner map of the module docstring.
+
+  The shift is the s of "global" on more than one shard (partner of a clip on device d is on device
+  (d + s) mod n); None where partners are not shard-shifted ("local", "gathered", one shard).
+  """
+  if partner not in PARTNERS:
+    raise ValueError(f"partner must be one of {PARTNERS}, got {partner!r}")
+  if num_shards < 1 or batch_size % num_shards:
+    raise ValueError(f"batch_size={batch_size} must be a positive multiple of num_shards={num_shards}")
+  if partner == "global" and num_shards > 1:
+    n, b = num_shards, batch_size // num_shards
+    k_shift, k_rows = jax.random.split(key)
+    shift = jax.random.randint(k_shift, (), 1, n, dtype=jnp.int32)
+    rows = jnp.argsort(jax.random.uniform(k_rows, (n, b)), axis=-1).astype(jnp.int32)  # [n, b]
+    source = (jnp.arange(n, dtype=jnp.int32)[:, None] + shift) % n
+    return (source * b + rows).reshape(batch_size), shift
+  blocks = num_shards if partner == "local" else 1
+  return _derangement(key, blocks, batch_size // blocks), None
+
+
+def mix_partners(key: jax.Array, batch_size: int, *, partner: str = "global",
+                 num_shards: int = 1) -> jax.Array:
+  """Partner index of each sample: int32[batch], a permutation without fixed points (module docstring)."""
+  return partner_plan(key, batch_size, partner=partner, num_shards=num_shards)[0]
+
+
+def partner_rows(tree, index: jax.Array, shift: jax.Array | None, *, partner: str,
+                 mesh: Mesh | None = None):
+  """x[index] for every array x [batch, ...] of `tree`, moving one shard per device, never the batch.
+
+  Args:
+    tree: pytree of [batch, ...] arrays (global view; batch axis sharded over `mesh`'s data axis).
+    index, shift: `partner_plan(...)` for this tree's batch and `partner` over mesh.devices.size shards.
+    mesh: the train step's mesh; None (or one device): a plain global-view take.
+  Returns: the same pytree with row i replaced by row index[i].
+
+  Sharded: a shard_map in which each device takes rows of one source shard, its own ("local") or that of
+  device (d + shift) mod n ("global"), received with one `lax.ppermute`. The shift is traced, so the n - 1
+  possible permutations are branches of a `lax.switch`; every device takes the same branch and exactly
+  one collective-permute of b rows runs. Bytes moved per device per array: b rows, whatever n.
+  """
+  n = 1 if mesh is None else mesh.devices.size
+  if partner == "gathered" or n == 1:
+    return jax.tree.map(lambda x: jnp.take(x, index, axis=0), tree)
+  b = index.shape[0] // n
+  axis = sharding.DATA_AXIS
+  rows = index % b  # Row of the partner within its source shard.
+
+  def receive_from(k):
+    """Device d receives the shard of device (d + k) mod n."""
+    perm = [(j, (j - k) % n) for j in range(n)]
+    return lambda t: jax.tree.map(lambda x: lax.ppermute(x, axis, perm), t)
+
+  def per_device(t, rows, shift):
+    if partner == "global":
+      t = lax.switch(shift - 1, [receive_from(k) for k in range(1, n)], t)
+    return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), t)
+
+  if partner == "global" and shift is None:
+    raise ValueError("partner='global' over several devices needs the shift from partner_plan")
+  shift = jnp.zeros((), jnp.int32) if shift is None else shift
+  specs = jax.tree.map(lambda _: P(axis), tree)
+  return jax.shard_map(per_device, mesh=mesh, in_specs=(specs, P(axis), P()), out_specs=specs,
+                       check_vma=False)(tree, rows, shift)
 
 
 def mix_weights(key: jax.Array, batch_size: int, *, distribution: str = "beta", alpha: float = 1.0,
@@ -74,17 +155,15 @@ def mix_weights(key: jax.Array, batch_size: int, *, distribution: str = "beta", 
   return (max_weight * u).astype(jnp.float32)
 
 
-def mix_with(x: jax.Array, partner_index: jax.Array, weight: jax.Array, *,
-             domain: str = "linear") -> jax.Array:
-  """Mixes x[i] with x[partner_index[i]] at partner weight weight[i].
+def mix_pair(x: jax.Array, partner: jax.Array, weight: jax.Array, *, domain: str = "linear") -> jax.Array:
+  """Mixes x[i] with partner[i] at partner weight weight[i].
 
   Args:
-    x: [batch, ...] waveforms, frames (linear) or log-mels (domain "log").
-    partner_index: int32[batch]; weight: f32[batch].
+    x, partner: [batch, ...] waveforms, frames (linear) or log-mels (domain "log"), same shape.
+    weight: f32[batch].
     domain: "linear": (1 - w) x + w x_p; "log": log((1 - w) e^x + w e^x_p) (log-mixup-exp).
   Returns: [batch, ...] like x; rows with w = 0 are returned unchanged (bit for bit).
   """
-  partner = jnp.take(x, partner_index, axis=0)
   w = weight.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
   if domain == "linear":
     mixed = (1 - w) * x + w * partner
@@ -94,6 +173,12 @@ def mix_with(x: jax.Array, partner_index: jax.Array, weight: jax.Array, *,
   else:
     raise ValueError(f"domain must be 'linear' or 'log', got {domain!r}")
   return jnp.where(w == 0, x, mixed)
+
+
+def mix_with(x: jax.Array, partner_index: jax.Array, weight: jax.Array, *,
+             domain: str = "linear") -> jax.Array:
+  """Mixes x[i] with x[partner_index[i]] at weight[i] (global view; see `mix_pair`)."""
+  return mix_pair(x, jnp.take(x, partner_index, axis=0), weight, domain=domain)
 
 
 def mix(key: jax.Array, x: jax.Array, *, distribution: str = "beta", alpha: float = 1.0,
@@ -183,43 +268,69 @@ def validate_config(aug_cfg, prefix: str = "config.augment.") -> None:
       bad(name, value, "an integer >= 0")
 
 
-def _audio_view(key, audio, aug_cfg, *, num_shards, frontend):
-  """One augmented audio view: (logmel [b, T, M], wave [b, S], partner_index, weight)."""
+def _plan(key, b, aug_cfg, num_shards):
+  """(partner index int32[b], shift int32[] | None, weight f32[b]) of one view; identity when mixing is off."""
   m = aug_cfg.mix
+  if not m.enabled:
+    return jnp.arange(b, dtype=jnp.int32), None, jnp.zeros((b,), jnp.float32)
+  k_partner, k_weight = jax.random.split(key)
+  index, shift = partner_plan(k_partner, b, partner=m.partner, num_shards=num_shards)
+  weight = mix_weights(k_weight, b, distribution=m.distribution, alpha=m.alpha, max_weight=m.max_weight)
+  return index, shift, weight
+
+
+def _audio_view(key, audio, aug_cfg, *, mesh, frontend, frames=None):
+  """One augmented audio view, and the video mixed with the same partners when `frames` is given.
+
+  Returns (logmel [b, T, M], wave [b, S], video [b, t, h, w, 3] f32 or None, partner index, weight).
+  """
+  m = aug_cfg.mix
+  num_shards = 1 if mesh is None else mesh.devices.size
+  frontend = sharding.per_shard(frontend, mesh)  # Each device computes its own clips' log-mels.
   k_gain, k_mix, k_spec = jax.random.split(key, 3)
   b = audio.shape[0]
   wave = random_gain(k_gain, audio, aug_cfg.gain_db)
+  index, shift, weight = _plan(k_mix, b, aug_cfg, num_shards)
+  mix_video = frames is not None and m.enabled and m.video
+  # What travels to the partner's device: the gained waveform, and the frames as stored (uint8).
+  moved = {"wave": wave}
+  if mix_video:
+    moved["frames"] = frames
   if m.enabled:
-    k_partner, k_weight = jax.random.split(k_mix)
-    index = mix_partners(k_partner, b, partner=m.partner, num_shards=num_shards)
-    weight = mix_weights(k_weight, b, distribution=m.distribution, alpha=m.alpha,
-                         max_weight=m.max_weight)
+    partner = partner_rows(moved, index, shift, partner=m.partner, mesh=mesh)
+    wave_mixed = mix_pair(wave, partner["wave"], weight, domain="linear")
   else:
-    index, weight = jnp.arange(b, dtype=jnp.int32), jnp.zeros((b,), jnp.float32)
-  if m.enabled:
-    wave_mixed = mix_with(wave, index, weight, domain="linear")
-  else:
-    wave_mixed = wave
+    partner, wave_mixed = None, wave
   if m.enabled and m.audio_domain == "logmel":
-    logmel = mix_with(frontend(wave), index, weight, domain="log")
+    # Each device computes the log-mels of its own clips; the partners' log-mels travel (b rows).
+    logmel = frontend(wave)
+    logmel = mix_pair(logmel, partner_rows(logmel, index, shift, partner=m.partner, mesh=mesh), weight,
+                      domain="log")
   else:
     logmel = frontend(wave_mixed)
   logmel = spec_augment(k_spec, logmel, time_masks=aug_cfg.time_masks,
                         time_mask_frames=aug_cfg.time_mask_frames, freq_masks=aug_cfg.freq_masks,
                         freq_mask_bins=aug_cfg.freq_mask_bins)
-  return logmel, wave_mixed, index, weight
+  video = None
+  if frames is not None:
+    video = normalize_frames(frames)
+    if mix_video:
+      # The normalisation is affine and the weights sum to one: mixing after it equals mixing before.
+      video = mix_pair(video, normalize_frames(partner["frames"]), weight, domain="linear")
+  return logmel, wave_mixed, video, index, weight
 
 
-def augment_batch(key: jax.Array, batch: dict, aug_cfg, *, num_shards: int,
-                  frontend: Callable[[jax.Array], jax.Array], second_view: bool = False) -> dict:
+def augment_batch(key: jax.Array, batch: dict, aug_cfg, *, frontend: Callable[[jax.Array], jax.Array],
+                  mesh: Mesh | None = None, second_view: bool = False) -> dict:
   """Model inputs from a raw batch (order in the module docstring).
 
   Args:
     key: PRNG key for this step (the same on every device: the code is global-view).
     batch: {"audio": f32[b, samples], "frames": u8[b, t, h, w, 3] (optional)}; other keys are ignored.
     aug_cfg: `config.augment`.
-    num_shards: devices the batch axis is split over (for `mix.partner = "local"`).
     frontend: audio f32[b, samples] -> log-mel f32[b, T, M] (`avcl.frontend.from_config(c.audio)`).
+    mesh: the mesh whose data axis shards the batch (the partner map and its movement depend on its
+      size); None: one shard.
     second_view: also return "logmel2", an independently augmented log-mel view of the same clips.
 
   Returns:
@@ -231,14 +342,11 @@ def augment_batch(key: jax.Array, batch: dict, aug_cfg, *, num_shards: int,
     raise ValueError(f"batch needs key 'audio' (f32[b, samples]); got keys {sorted(batch)}")
   audio = batch["audio"].astype(jnp.float32)
   k_view1, k_view2 = jax.random.split(key)
-  logmel, wave, index, weight = _audio_view(k_view1, audio, aug_cfg, num_shards=num_shards,
-                                            frontend=frontend)
+  logmel, wave, video, index, weight = _audio_view(k_view1, audio, aug_cfg, mesh=mesh, frontend=frontend,
+                                                   frames=batch.get("frames"))
   out = {"logmel": logmel, "wave": wave, "mix_index": index, "mix_weight": weight}
-  if "frames" in batch:
-    video = normalize_frames(batch["frames"])
-    if aug_cfg.mix.enabled and aug_cfg.mix.video:
-      video = mix_with(video, index, weight, domain="linear")
+  if video is not None:
     out["video"] = video
   if second_view:
-    out["logmel2"] = _audio_view(k_view2, audio, aug_cfg, num_shards=num_shards, frontend=frontend)[0]
+    out["logmel2"] = _audio_view(k_view2, audio, aug_cfg, mesh=mesh, frontend=frontend)[0]
   return out

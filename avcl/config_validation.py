@@ -13,6 +13,8 @@ from typing import Any
 
 import ml_collections
 
+from avcl import augment
+
 # Encoder names avcl.models.build_model accepts ("" = no encoder of that kind).
 LOGMEL_ENCODERS = ("cnn14", "resnet")
 WAVE_ENCODERS = ("res1dnet31",)
@@ -161,11 +163,11 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int | None =
 
   # augment ---------------------------------------------------------------------------------------------
   c.boolean("augment.mix.enabled")
-  c.choice("augment.mix.partner", ("global", "local"))
-  c.choice("augment.mix.distribution", ("beta", "uniform"))
+  c.choice("augment.mix.partner", augment.PARTNERS)
+  c.choice("augment.mix.distribution", augment.DISTRIBUTIONS)
   c.real("augment.mix.alpha", 0, lo_open=True)
   c.real("augment.mix.max_weight", 0, 0.5)
-  c.choice("augment.mix.audio_domain", ("waveform", "logmel"))
+  c.choice("augment.mix.audio_domain", augment.AUDIO_DOMAINS)
   c.boolean("augment.mix.video")
   c.real("augment.gain_db", 0, 60)
   c.integer("augment.time_masks", 0)

@@ -7,7 +7,7 @@ batch (global_batch_size // process_count clips) and `global_batch_from_local` a
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -75,6 +75,19 @@ def global_batch_from_local(local_batch: dict[str, Any], mesh: Mesh) -> dict[str
   # callback that the loop's transfer_guard("disallow") would count as implicit, so allow it here only.
   with jax.transfer_guard_host_to_device("allow"):
     return {k: to_global(v) for k, v in local_batch.items()}
+
+
+def per_shard(fn: Callable[[jax.Array], jax.Array], mesh: Mesh | None) -> Callable[[jax.Array], jax.Array]:
+  """fn applied to each device's rows of x [batch, ...] (a shard_map over "data"), for row-wise fns.
+
+  Why: XLA's partitioner does not keep some row-wise ops sharded along the batch: the frontend's FFT over
+  a batch-sharded input compiled to an all-gather of every clip's STFT frames onto every device. Under a
+  shard_map each device provably works on its own rows only. fn must treat rows independently, so the
+  result equals fn on the global array. mesh None or of one device: fn itself.
+  """
+  if mesh is None or mesh.devices.size == 1:
+    return fn
+  return jax.shard_map(fn, mesh=mesh, in_specs=P(DATA_AXIS), out_specs=P(DATA_AXIS), check_vma=False)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

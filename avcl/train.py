@@ -6,8 +6,10 @@ Train state (a plain pytree, exactly what a checkpoint holds):
    "step": int32[] optimizer steps taken,
    "log_inv_temperature": f32[] (only when config.loss.learn_temperature)}
 All of it is replicated over the mesh; the batch is sharded over the mesh axis "data". The step is
-written in the global view (jnp on the whole batch); XLA partitions it, and the contrastive loss runs its
-own shard_map that all-gathers the embeddings over "data".
+written in the global view (jnp on the whole batch); XLA partitions it. Two parts run their own shard_map
+over "data": the movement of mixing partners (one collective-permute of a shard, `augment.partner_rows`)
+and the contrastive loss (which all-gathers or rings the embeddings). No clip data (waveform, STFT, log-mel
+or frames) is ever all-gathered: tests/test_train.py checks the compiled step's collectives.
 
 Randomness: `jax.random.key(config.seed)` splits into an init key (parameters) and a train key; step s
 uses `fold_in(train_key, s)` for its augmentations. Keys never depend on the mesh or the process count,
@@ -148,11 +150,10 @@ def make_loss_fn(config: ml_collections.ConfigDict, split_def: nnx.GraphDef, mes
   frontend = frontend_lib.from_config(config.audio)
   pairs = _pairs(config)
   needed = _model_inputs_needed(config)
-  num_shards = mesh.devices.size
 
   def loss_fn(trainable, rest, batch, key):
     model = nnx.merge(split_def, trainable["model"], rest)
-    views = augment_lib.augment_batch(key, batch, config.augment, num_shards=num_shards, frontend=frontend,
+    views = augment_lib.augment_batch(key, batch, config.augment, frontend=frontend, mesh=mesh,
                                       second_view="logmel2" in needed)
     embeddings = model({k: views[k] for k in sorted(needed)}, train=True)
     if "log_inv_temperature" in trainable:

@@ -94,14 +94,14 @@ def component_rows(config, repeats):
     return wave[:, :t_frames * n_mels].reshape(wave.shape[0], t_frames, n_mels)
 
   def augment(key, batch):
-    return augment_lib.augment_batch(key, batch, config.augment, num_shards=mesh.devices.size,
+    return augment_lib.augment_batch(key, batch, config.augment, mesh=mesh,
                                      frontend=free_frontend)
   rows.append(("augment (gain, mixing, SpecAugment, frames)",)
               + measure(augment, (jax.random.key(1), batch), repeats))
 
   model = train._build(config, mesh.devices.size)  # pylint: disable=protected-access
   split_def, params, rest = train._split_parts(model)  # pylint: disable=protected-access
-  views = augment_lib.augment_batch(jax.random.key(1), batch, config.augment, num_shards=mesh.devices.size,
+  views = augment_lib.augment_batch(jax.random.key(1), batch, config.augment, mesh=mesh,
                                     frontend=fe)
   needed = sorted(train._model_inputs_needed(config))  # pylint: disable=protected-access
   embeddings = {}

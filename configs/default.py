@@ -51,7 +51,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment = ml_collections.ConfigDict()
   c.augment.mix = ml_collections.ConfigDict()
   c.augment.mix.enabled = True  # Mix each sample with a partner from the batch (the paper's lever 2).
-  c.augment.mix.partner = "global"  # "global": partner from the whole global batch; "local": same device.
+  # Where a clip's partner comes from (avcl/augment.py), with b clips per device and B in all:
+  #   "global": another device's shard, that device drawn afresh each step; one collective-permute of b
+  #     clips per device (frames as uint8), whatever the device count. One device: the whole batch.
+  #   "local": the same device's b clips; no traffic.
+  #   "gathered": anywhere in the global batch, the same partners on any mesh; every device gathers all
+  #     B clips' waveforms and frames (memory and traffic O(B) per device): for small meshes only.
+  c.augment.mix.partner = "global"
   c.augment.mix.distribution = "beta"  # Partner weight ~ max_weight * Beta(alpha, alpha) or * Uniform.
   c.augment.mix.alpha = 1.0  # Beta concentration.
   c.augment.mix.max_weight = 0.5  # Partner weight stays below this, so the primary sample dominates.

@@ -49,7 +49,7 @@ def get_config():
   c.audio.log_offset = 1e-6  # ours
 
   c.augment.mix.enabled = True  # paper: mixing samples together makes the proxy task harder
-  c.augment.mix.partner = "global"  # ours: partners from the whole global batch
+  c.augment.mix.partner = "global"  # ours: partners from another device's shard (one permute, no gather)
   c.augment.mix.distribution = "beta"  # ours (the abstract gives no formula)
   c.augment.mix.alpha = 1.0  # ours
   c.augment.mix.max_weight = 0.5  # ours: the primary sample stays dominant, so its pair stays positive

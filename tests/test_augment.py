@@ -6,10 +6,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from avcl import augment, frontend
+from avcl import augment, frontend, sharding
 from configs.default import get_config
 
 B = 16
+
+
+def _mesh(n):
+  return sharding.make_mesh(jax.devices()[:n])
+
+
+def _sharded(tree, mesh):
+  return jax.device_put(tree, sharding.batch_sharding(mesh))
 
 
 def _batch(seed=0, b=B, samples=3200):
@@ -18,7 +26,8 @@ def _batch(seed=0, b=B, samples=3200):
           "frames": rng.integers(0, 256, (b, 2, 8, 8, 3), dtype=np.uint8)}
 
 
-@pytest.mark.parametrize("partner, shards", [("global", 1), ("global", 8), ("local", 4), ("local", 8)])
+@pytest.mark.parametrize("partner, shards", [("global", 1), ("global", 8), ("local", 4), ("local", 8),
+                                             ("gathered", 1), ("gathered", 8)])
 def test_partners_are_a_derangement_within_blocks(partner, shards):
   for seed in range(5):
     idx = np.asarray(augment.mix_partners(jax.random.key(seed), 32, partner=partner, num_shards=shards))
@@ -29,9 +38,40 @@ def test_partners_are_a_derangement_within_blocks(partner, shards):
       np.testing.assert_array_equal(idx // block, np.arange(32) // block)
 
 
-def test_global_partner_crosses_shards():
-  idx = np.asarray(augment.mix_partners(jax.random.key(0), 64, partner="global", num_shards=8))
-  assert np.any(idx // 8 != np.arange(64) // 8)
+def test_global_partners_come_from_one_other_shard_with_a_random_shift():
+  n, b = 8, 8
+  shifts = set()
+  for seed in range(60):
+    idx, shift = augment.partner_plan(jax.random.key(seed), n * b, partner="global", num_shards=n)
+    idx, shift = np.asarray(idx), int(shift)
+    own = np.arange(n * b) // b
+    assert 1 <= shift < n
+    np.testing.assert_array_equal(idx // b, (own + shift) % n)  # Every partner on device d + shift.
+    shifts.add(shift)
+  assert shifts == set(range(1, n))  # Over steps, partners come from every other device.
+
+
+def test_one_shard_global_is_the_old_whole_batch_derangement():
+  """On one device "global" and "gathered" are the same map (the README's run does not move)."""
+  for seed in range(3):
+    k = jax.random.key(seed)
+    np.testing.assert_array_equal(augment.mix_partners(k, 32, partner="global", num_shards=1),
+                                  augment.mix_partners(k, 32, partner="gathered", num_shards=8))
+
+
+@pytest.mark.parametrize("partner", ["global", "local", "gathered"])
+def test_partner_rows_on_8_devices_equal_a_numpy_take(partner):
+  mesh = _mesh(8)
+  rng = np.random.default_rng(0)
+  tree = {"wave": rng.normal(size=(32, 50)).astype(np.float32),
+          "frames": rng.integers(0, 256, (32, 2, 4, 4, 3), dtype=np.uint8)}
+  run = jax.jit(lambda t, i, s: augment.partner_rows(t, i, s, partner=partner, mesh=mesh))
+  for seed in range(4):
+    idx, shift = augment.partner_plan(jax.random.key(seed), 32, partner=partner, num_shards=8)
+    out = run(_sharded(tree, mesh), idx, shift)
+    assert out["frames"].dtype == np.uint8  # Frames travel as stored.
+    for k in tree:
+      np.testing.assert_array_equal(np.asarray(out[k]), tree[k][np.asarray(idx)], err_msg=f"{k} seed {seed}")
 
 
 def test_local_partner_needs_divisible_batch():
@@ -122,7 +162,8 @@ def test_augment_batch_shapes_and_determinism(domain):
   c = _cfg(audio_domain=domain)
   fe = frontend.from_config(c.audio)
   batch = _batch()
-  run = jax.jit(lambda k, b: augment.augment_batch(k, b, c.augment, num_shards=4, frontend=fe,
+  mesh = _mesh(4)
+  run = jax.jit(lambda k, b: augment.augment_batch(k, b, c.augment, frontend=fe, mesh=mesh,
                                                    second_view=True))
   out1, out2 = run(jax.random.key(0), batch), run(jax.random.key(0), batch)
   out3 = run(jax.random.key(1), batch)
@@ -143,27 +184,37 @@ def test_augment_batch_without_augmentation_is_frontend_and_normalisation():
   c.augment.time_masks = c.augment.freq_masks = 0
   fe = frontend.from_config(c.audio)
   batch = _batch()
-  out = augment.augment_batch(jax.random.key(0), batch, c.augment, num_shards=1, frontend=fe)
+  out = augment.augment_batch(jax.random.key(0), batch, c.augment, frontend=fe)
   np.testing.assert_array_equal(np.asarray(out["wave"]), batch["audio"])
   np.testing.assert_array_equal(np.asarray(out["logmel"]), np.asarray(fe(batch["audio"])))
   mean, std = np.array(augment.VIDEO_MEAN), np.array(augment.VIDEO_STD)
   np.testing.assert_allclose(out["video"], (batch["frames"] / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
 
 
-def test_augment_batch_mixes_video_and_audio_with_same_partner():
+@pytest.mark.parametrize("partner, devices", [("local", 4), ("global", 8), ("global", 1), ("gathered", 8)])
+def test_augment_batch_mixes_video_and_audio_with_same_partner(partner, devices):
+  """Sharded mixing equals a float64 numpy reference of the same partner map and weights."""
   c = get_config()
   c.augment.gain_db = 0.0
   c.augment.time_masks = c.augment.freq_masks = 0
-  c.augment.mix.partner = "local"
+  c.augment.mix.partner = partner
   fe = frontend.from_config(c.audio)
+  mesh = _mesh(devices)
   batch = _batch()
-  out = augment.augment_batch(jax.random.key(2), batch, c.augment, num_shards=4, frontend=fe)
+  run = jax.jit(lambda k, b: augment.augment_batch(k, b, c.augment, frontend=fe, mesh=mesh))
+  out = run(jax.random.key(2), _sharded(batch, mesh))
   idx, w = np.asarray(out["mix_index"]), np.asarray(out["mix_weight"], np.float64)
-  assert np.all(idx // 4 == np.arange(B) // 4) and w.max() <= 0.5 and w.min() >= 0
+  b = B // devices
+  assert sorted(idx.tolist()) == list(range(B)) and w.max() <= 0.5 and w.min() >= 0
+  if partner == "local":
+    assert np.all(idx // b == np.arange(B) // b)
+  if partner == "global" and devices > 1:
+    assert np.all(idx // b != np.arange(B) // b)  # Partners come from other devices.
   a = batch["audio"].astype(np.float64)
   np.testing.assert_allclose(out["wave"], (1 - w[:, None]) * a + w[:, None] * a[idx], atol=1e-6)
-  v = augment.normalize_frames(batch["frames"])
-  v = np.asarray(v, np.float64)
+  np.testing.assert_allclose(out["logmel"], fe(out["wave"]), rtol=1e-5, atol=1e-4)
+  mean, std = np.array(augment.VIDEO_MEAN), np.array(augment.VIDEO_STD)
+  v = (batch["frames"] / 255.0 - mean) / std
   wv = w[:, None, None, None, None]
   np.testing.assert_allclose(out["video"], (1 - wv) * v + wv * v[idx], atol=1e-5)
 
@@ -180,19 +231,38 @@ def test_bad_config_names_field(field, value):
     augment.validate_config(c)
 
 
-def test_augment_batch_sharded_equals_unsharded():
-  """Global-view code: the same key and batch give the same result on 1 device and on 8 shards."""
-  from jax.sharding import NamedSharding
-  from jax.sharding import PartitionSpec as P
+@pytest.mark.parametrize("partner", ["global", "gathered"])
+def test_augment_batch_log_domain_on_8_devices_equals_numpy(partner):
+  """log-mixup-exp with partners' log-mels moved between devices, and the second view's own partners."""
   c = get_config()
   c.augment.mix.audio_domain = "logmel"
+  c.augment.mix.partner = partner
+  c.augment.gain_db = 0.0
+  c.augment.time_masks = c.augment.freq_masks = 0
   fe = frontend.from_config(c.audio)
+  mesh = _mesh(8)
   batch = _batch(b=16)
-  run = jax.jit(lambda k, b: augment.augment_batch(k, b, c.augment, num_shards=8, frontend=fe))
-  ref = run(jax.random.key(7), batch)
-  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
-  out = run(jax.random.key(7), sharded)
+  run = jax.jit(lambda k, b: augment.augment_batch(k, b, c.augment, frontend=fe, mesh=mesh, second_view=True))
+  out = run(jax.random.key(7), _sharded(batch, mesh))
   assert out["logmel"].sharding.spec[0] == "data"  # Stays sharded over the batch axis.
-  for k in ref:
-    np.testing.assert_allclose(np.asarray(out[k]), np.asarray(ref[k]), rtol=1e-5, atol=1e-5)
+  idx, w = np.asarray(out["mix_index"]), np.asarray(out["mix_weight"], np.float64)[:, None, None]
+  clean = np.asarray(fe(batch["audio"]), np.float64)
+  ref = np.log((1 - w) * np.exp(clean) + w * np.exp(clean[idx]))
+  np.testing.assert_allclose(out["logmel"], ref, rtol=1e-5, atol=1e-4)
+  assert not np.allclose(out["logmel2"], out["logmel"])  # Its own partners and weights.
+
+
+def test_weight_zero_mixing_on_8_devices_is_the_identity():
+  c = get_config()
+  c.augment.mix.max_weight = 0.0
+  c.augment.gain_db = 0.0
+  c.augment.time_masks = c.augment.freq_masks = 0
+  fe = frontend.from_config(c.audio)
+  mesh = _mesh(8)
+  batch = _batch()
+  out = jax.jit(lambda k, b: augment.augment_batch(k, b, c.augment, frontend=fe, mesh=mesh))(
+      jax.random.key(0), _sharded(batch, mesh))
+  np.testing.assert_array_equal(np.asarray(out["wave"]), batch["audio"])
+  # Frames: unmixed, up to the rounding of the normalisation compiled in another fusion.
+  np.testing.assert_allclose(np.asarray(out["video"]), np.asarray(augment.normalize_frames(batch["frames"])),
+                             rtol=0, atol=1e-6)

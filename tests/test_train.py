@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from avcl import checkpoints, config_validation, optim, sharding, train
+from avcl import checkpoints, config_validation, frontend, optim, sharding, train
+from benchmarks import scale_check
 from configs import default as default_config
 from configs import test_tiny
 from tests import tiny_data
@@ -58,7 +59,7 @@ def _assert_trees_close(a, b, *, rtol, what):
 def test_step_is_sharding_invariant():
   """Same global batch on meshes of 1, 2 and 8 devices: same loss, gradients, updated parameters."""
   config = test_tiny.get_config()
-  config.augment.mix.partner = "global"  # The same partners whatever the mesh.
+  config.augment.mix.partner = "gathered"  # The same partners whatever the mesh.
   config.optim.warmup_steps = 0  # The first step moves the parameters at the peak rate.
   batch = tiny_data.global_batch(0, config)
   results = {}
@@ -86,6 +87,42 @@ def test_step_is_sharding_invariant():
   moved = [np.max(np.abs(a - b)) for a, b in zip(jax.tree.leaves(results[1][0]),
                                                  jax.tree.leaves(results[1][3]["model"]))]
   assert max(moved) > 0
+
+
+@pytest.mark.parametrize("audio_domain", ["waveform", "logmel"])
+def test_compiled_step_on_8_devices_moves_embeddings_not_clips(audio_domain):
+  """The default config's step (mixing partners from other devices) all-gathers only embeddings.
+
+  Clip data (waveforms, STFT frames, log-mels, frames) may travel only by collective-permute, one shard
+  per device; before partner_rows and the per-shard frontend, XLA all-gathered all of it onto every device.
+  """
+  config = default_config.get_config()
+  config.augment.mix.audio_domain = audio_domain
+  assert config.augment.mix.partner == "global" and config.augment.mix.enabled
+  mesh = sharding.make_mesh(jax.devices()[:8])
+  trainer = train.make_trainer(config, mesh)
+  b, spec = config.train.global_batch_size, sharding.batch_sharding(mesh)
+  samples = round(config.data.clip_seconds * config.audio.sample_rate)
+  frames = round(config.data.clip_seconds * config.data.fps)
+  size = config.data.frame_size
+  batch = {"audio": jax.ShapeDtypeStruct((b, samples), np.float32, sharding=spec),
+           "frames": jax.ShapeDtypeStruct((b, frames, size, size, 3), np.uint8, sharding=spec)}
+  hlo = trainer.step.lower(trainer.abstract_state, batch).compile(compiler_options=FAST).as_text()
+  found = scale_check.parse_collectives(hlo)
+  gathers = [c["type"] for c in found["instances"] if c["kind"] in ("all-gather", "all-to-all")]
+  assert gathers, "the contrastive loss gathers the embeddings"
+  for t in gathers:
+    assert t.startswith(f"f32[{b},{config.model.embed_dim}]"), f"clip data all-gathered: {t}"
+  # The partners arrive by collective-permute, at one shard per device of each clip array.
+  moved = found["per_step"]["collective-permute"]
+  shard = b // 8
+  expected = shard * frames * size * size * 3  # u8 frames.
+  if audio_domain == "waveform":
+    expected += shard * samples * 4  # f32 waveforms, mixed before the frontend.
+  else:  # The partners' f32 log-mels (no waveform encoder reads the mixed waveform: XLA drops its move).
+    t = frontend.num_frames(samples, n_fft=config.audio.n_fft, hop_length=config.audio.hop_length)
+    expected += shard * t * config.audio.n_mels * 4
+  assert moved[1] == expected, found["per_step"]
 
 
 def test_global_batch_from_local_places_rows_in_order():
@@ -281,7 +318,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path)
 def multiprocess_config(num_steps: int):
   """Tiny config for the multi-process agreement test (shared with tests/mp_train_worker.py)."""
   config = test_tiny.get_config()
-  config.augment.mix.partner = "global"  # The same partners whatever the process/device layout.
+  config.augment.mix.partner = "gathered"  # The same partners whatever the process/device layout.
   config.train.num_steps = num_steps
   config.train.log_every = 1  # Every step's loss is compared.
   config.train.checkpoint_every = num_steps
