@@ -31,6 +31,14 @@ only long-standing flags are used and tests/test_launch.py starts jaxlib with ex
                                           (resume after preemption, a second run of the same config) loads
                                           the compiled, autotuned step instead of compiling it again. On an
                                           H200 the paper-size step's compile with autotuning outlasted 300 s.
+  JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=all
+                                          with the cache: XLA's per-fusion autotuning results and compiled
+                                          GPU kernels are kept beside it too (jax's default keeps only the
+                                          autotuning results), so a step that misses the cache because one
+                                          shape changed still reuses every fusion's autotuning and kernel, and
+                                          LLVM compiles modules in parallel (required by the kernel cache).
+Not set, to try where a first compile stalls (not measured here; `bash benchmarks/gpu_check.sh` times it):
+  --xla-flag=--xla_gpu_enable_triton_gemm=false: matmuls to cuBLAS instead of autotuned Triton tiles.
 """
 from __future__ import annotations
 
@@ -90,6 +98,7 @@ def gpu_env(*, visible: list[int], flags: list[str], mem_fraction: float, preall
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
   if compilation_cache:
     env["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(os.path.expanduser(compilation_cache))
+    env["JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES"] = "all"
   if not env["XLA_FLAGS"]:
     del env["XLA_FLAGS"]
   return env

@@ -245,6 +245,7 @@ def test_gpu_dry_run_process_per_gpu(capsys, no_subprocess):
   for i, r in enumerate(runs):
     env = _leading_env(r)
     assert env["JAX_COMPILATION_CACHE_DIR"] == os.path.expanduser(gpu.DEFAULT_COMPILATION_CACHE)
+    assert env["JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES"] == "all"  # Autotuning results and kernels too.
     assert env["CUDA_VISIBLE_DEVICES"] == str(i)
     assert env["JAX_PLATFORMS"] == "cuda"
     assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.90"
@@ -262,6 +263,7 @@ def test_gpu_dry_run_one_process_all_gpus(capsys, no_subprocess):
   assert len(runs) == 1
   env = _leading_env(runs[0])
   assert "JAX_COMPILATION_CACHE_DIR" not in env  # --compilation-cache "" turns it off.
+  assert "JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES" not in env
   assert env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
   assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.80"
   assert env["XLA_FLAGS"].split() == ["--xla_gpu_enable_latency_hiding_scheduler=true",
@@ -290,7 +292,8 @@ def _jax_accepts(xla_flags):
 def test_gpu_xla_flags_accepted_by_installed_jaxlib():
   """XLA aborts on unknown flags (and bad values) even on CPU, so the installed jaxlib checks our flags."""
   flags = (gpu.xla_flags(num_gpus=8, command_buffers="off", deterministic=True)
-           + gpu.xla_flags(num_gpus=8, command_buffers="FUSION,CUBLAS,CUDNN,CUSTOM_CALL"))
+           + gpu.xla_flags(num_gpus=8, command_buffers="FUSION,CUBLAS,CUDNN,CUSTOM_CALL")
+           + ["--xla_gpu_enable_triton_gemm=false"])  # The docstring's and gpu_check.sh's suggestion.
   r = _jax_accepts(" ".join(flags))
   assert r.returncode == 0 and r.stdout.strip() == "3.0", r.stderr[-2000:]
   bad = _jax_accepts("--xla_gpu_enable_command_buffer=NOT_A_TYPE")  # The check can fail.
