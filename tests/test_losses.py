@@ -8,7 +8,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
-from avcl import losses
+from avcl import config_validation, losses
+from configs import default as default_config
 
 
 def _emb(b, d, seed=0, corr=2.0):
@@ -172,6 +173,21 @@ def test_bfloat16_transit_tolerance_against_float32(impl):
   for k in ref_metrics:
     if k.startswith("top1"):
       assert float(metrics[k]) == float(ref_metrics[k])
+
+
+def test_transit_dtype_config_field():
+  config = default_config.get_config()
+  assert config.loss.transit_dtype == "float32"  # The default keeps results as they were.
+  config.loss.transit_dtype = "float16"
+  with pytest.raises(config_validation.ConfigError, match="loss.transit_dtype='float16' must be one of "
+                     "'float32', 'bfloat16'"):
+    config_validation.validate_config(config, num_devices=8)
+  config.loss.transit_dtype = "bfloat16"
+  with pytest.raises(config_validation.ConfigError, match="loss.transit_dtype='bfloat16' must be 'float32' "
+                     "when loss.impl is 'plain'"):
+    config_validation.validate_config(config, num_devices=8)
+  config.loss.impl = "ring"
+  config_validation.validate_config(config, num_devices=8)
 
 
 def test_learned_temperature_gradient_matches_finite_difference():
