@@ -228,6 +228,9 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int | None =
   c.boolean("loss.learn_temperature")
   c.choice("loss.impl", ("plain", "tiled", "ring"))
   c.integer("loss.tile_size", 1)
+  transit = c.choice("loss.transit_dtype", ("float32", "bfloat16"))
+  if transit == "bfloat16" and c.value("loss.impl") == "plain":
+    c.fail("loss.transit_dtype", transit, "be 'float32' when loss.impl is 'plain' (bfloat16 is for 'tiled'/'ring')")
 
   # optim -----------------------------------------------------------------------------------------------
   c.choice("optim.name", ("adamw", "lars"))

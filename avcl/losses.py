@@ -15,12 +15,21 @@ divided by the global count, so the result does not depend on the number of devi
 implementations of the row computation, equal to float32 rounding:
 
 - "plain": all_gather the other side ([B, d]) and materialise the [b, B] row block. Memory O(b B).
-- "tiled": all_gather, then walk the gathered columns in tiles of `tile_size` with an online
-  log-sum-exp; a custom VJP recomputes each tile in the backward pass from the saved per-row
-  log-sum-exp (as flash attention / Inf-CL do). Memory O(b tile + B d): the [b, B] block never exists.
-- "ring": no all_gather; the other side's blocks travel around the ring with `lax.ppermute`
-  (n - 1 hops forward; in the backward pass each block travels with its gradient accumulator and
-  arrives home after n hops). Same online log-sum-exp and recomputing VJP. Memory O(b tile + b d).
+- "tiled": all_gather, then walk the gathered keys in [tile, tile] score tiles (rows and columns) with
+  an online log-sum-exp; a custom VJP recomputes each tile in the backward pass from the saved per-row
+  log-sum-exp (as flash attention / Inf-CL do). Memory O(tile^2 + B d): no [b, B] block ever exists.
+- "ring": no all_gather; the other side's blocks travel around the ring with `lax.ppermute` (n - 1
+  hops). Same online log-sum-exp and recomputing VJP. Memory O(tile^2 + b d).
+
+Backward of "tiled" / "ring": s_ij enters two row losses, a->b row i and b->a row j, so
+dL/ds_ij = p_row_ij + p_col_ij (the two softmaxes). Each device forms only its own rows' gradient, for
+za from its za rows against all zb (with every zb's b->a log-sum-exp, which travels / is gathered with
+the block: [b] floats), and likewise for zb; no gradient for another device's rows is ever formed or
+sent. The two directions run one after the other, so one travelling (or gathered) copy of the keys
+exists at a time. Per device at global batch B = n b, dim d, float32 (the `benchmarks.contrastive_memory`
+figure): the embeddings 2 b d and their gradients 2 b d, plus for "ring" the travelling block and the
+block being received (2 b d, or b d with loss.transit_dtype "bfloat16"), for "tiled" the gathered keys
+(B d; half in bfloat16) and what XLA keeps next to them, and [tile, tile] score tiles.
 """
 import functools
 from collections.abc import Mapping
@@ -32,6 +41,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 IMPLS = ("plain", "tiled", "ring")
+TRANSIT_DTYPES = ("float32", "bfloat16")
 EMBEDDING_KEYS = ("logmel", "logmel2", "wave", "video")
 
 
@@ -73,186 +83,263 @@ def _rows_plain(q, keys, inv_t, offset):
   return loss, correct
 
 
-def _tiles(keys, tile):
-  """keys [N, d] -> ([n_tiles, tile, d] zero-padded, N)."""
-  n, d = keys.shape
+def _tiles(x, tile):
+  """x [N, ...] -> ([n_tiles, tile', ...] zero-padded, N) with tile' = min(tile, N)."""
+  n = x.shape[0]
   tile = min(tile, n)
   n_tiles = -(-n // tile)
   if n_tiles * tile != n:
-    keys = jnp.pad(keys, ((0, n_tiles * tile - n), (0, 0)))
-  return keys.reshape(n_tiles, tile, d), n
+    x = jnp.pad(x, ((0, n_tiles * tile - n),) + ((0, 0),) * (x.ndim - 1))
+  return x.reshape(n_tiles, tile, *x.shape[1:]), n
 
 
-def _online_lse_init(q):
-  """(running max, running sum of exp, best score, best column) for q's rows.
+def _compute_dtype(transit):
+  """loss.transit_dtype -> the dtype embeddings are rounded to for the scores (None: not rounded)."""
+  return None if transit == "float32" else jnp.dtype(transit)
 
-  Built with *_like(q) so that inside shard_map the scan carries are device-varying like q.
+
+def _cast(x, cdt):
+  return x if cdt is None else x.astype(cdt)
+
+
+def _keys(x, cdt):
+  """The keys as they are gathered / travel: x itself, or its bfloat16 rounding held as its bits.
+
+  As bits (uint16), XLA:CPU neither runs the collectives in float32 (a converted copy on each side of
+  them) nor hoists the upcast of a whole block out of the tile loops (a [b, d] float32 copy); the bits
+  are turned back into numbers one tile at a time (`_unpack`), exactly.
   """
-  col = q[:, 0]
-  return (jnp.full_like(col, -jnp.inf), jnp.zeros_like(col), jnp.full_like(col, -jnp.inf),
-          jnp.zeros_like(col, dtype=jnp.int32))
+  return x if cdt is None else lax.bitcast_convert_type(x.astype(jnp.bfloat16), jnp.uint16)
 
 
-def _online_lse_update(state, q, key_tile, inv_t, col0, n_valid):
-  """Folds one tile of columns [col0, col0 + tile) into (max, sum exp, best score, best column)."""
-  m, l, best, best_col = state
-  s = (q @ key_tile.T) * inv_t  # [b, tile]
-  cols = (col0 + jnp.arange(key_tile.shape[0])).astype(jnp.int32)
-  s = jnp.where(cols[None, :] < n_valid, s, -jnp.inf)  # Padding columns never count.
-  m_new = jnp.maximum(m, jnp.max(s, axis=1))
-  l = l * jnp.exp(m - m_new) + jnp.sum(jnp.exp(s - m_new[:, None]), axis=1)
-  tile_best = jnp.max(s, axis=1)
-  tile_col = cols[jnp.argmax(s, axis=1)]
-  better = tile_best > best  # Strict: the first maximal column wins, as in argmax.
-  return (m_new, l, jnp.where(better, tile_best, best), jnp.where(better, tile_col, best_col))
+def _unpack(k, dtype):
+  """A tile of `_keys` -> its values in dtype (bfloat16 bits are the upper half of a float32)."""
+  if k.dtype == jnp.uint16:
+    k = lax.bitcast_convert_type(k.astype(jnp.uint32) << 16, jnp.float32)
+  return k.astype(dtype)
 
 
-def _softmax_grads(q, key_tile, inv_t, lse, col0, n_valid):
-  """For one tile: p = softmax rows restricted to it; returns (p @ keys, p^T @ q, sum p * q.k)."""
-  raw = q @ key_tile.T  # [b, tile]
-  cols = col0 + jnp.arange(key_tile.shape[0])
-  p = jnp.where(cols[None, :] < n_valid, jnp.exp(raw * inv_t - lse[:, None]), 0.0)
-  return p @ key_tile, p.T @ q, jnp.sum(p * raw)
+def _scores(q, k, acc_dtype):
+  """q [r, d] . k [c, d]^T -> raw scores [r, c] in acc_dtype.
 
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _rows_tiled(q, keys, inv_t, offset, tile):
-  """Online log-sum-exp over column tiles of keys [N, d]; never holds more than [b, tile] scores."""
-  return _rows_tiled_fwd(q, keys, inv_t, offset, tile)[0]
-
-
-def _rows_tiled_fwd(q, keys, inv_t, offset, tile):
-  key_tiles, n = _tiles(keys, tile)
-  t = key_tiles.shape[1]
-
-  def body(state, xs):
-    i, key_tile = xs
-    return _online_lse_update(state, q, key_tile, inv_t, i * t, n), None
-
-  (m, l, _, best_col), _ = lax.scan(body, _online_lse_init(q),
-                                    (jnp.arange(key_tiles.shape[0]), key_tiles))
-  lse = m + jnp.log(l)
-  k_pos = lax.dynamic_slice_in_dim(keys, offset, q.shape[0])
-  pos_raw = jnp.sum(q * k_pos, axis=1)
-  loss = jnp.sum(lse - pos_raw * inv_t)
-  correct = jnp.sum(best_col == offset + jnp.arange(q.shape[0])).astype(jnp.float32)
-  return (loss, correct), (q, keys, inv_t, offset, lse)
-
-
-def _softmax_grads_over_tiles(q, key_tiles, n, inv_t, lse, dq, dinv):
-  """Walks key tiles [n_tiles, tile, d] (n real rows) accumulating the softmax part of the gradient.
-
-  Returns (dq + sum of tile contributions, dinv + ..., dkeys [n, d]); shared by the tiled and ring VJPs.
+  q [r, d] may be bfloat16-rounded values, k a tile of `_keys`; both are upcast here, one tile at a time:
+  products of bfloat16 values are exact in float32, so this is a bfloat16 matmul with float32
+  accumulation.
   """
-  t = key_tiles.shape[1]
-
-  def body(carry, xs):
-    dq_, dinv_ = carry
-    i, key_tile = xs
-    pk, ptq, pqk = _softmax_grads(q, key_tile, inv_t, lse, i * t, n)
-    return (dq_ + pk, dinv_ + pqk), ptq
-
-  (dq, dinv), dk_tiles = lax.scan(body, (dq, dinv), (jnp.arange(key_tiles.shape[0]), key_tiles))
-  return dq, dinv, dk_tiles.reshape(-1, key_tiles.shape[2])[:n]
+  return lax.dot_general(q.astype(acc_dtype), _unpack(k, acc_dtype), (((1,), (1,)), ((), ())))
 
 
-def _rows_tiled_bwd(tile, res, cotangents):
-  q, keys, inv_t, offset, lse = res
-  g = cotangents[0]  # The accuracy output is not differentiable.
-  key_tiles, n = _tiles(keys, tile)
-  dq, dinv, dk = _softmax_grads_over_tiles(q, key_tiles, n, inv_t, lse,
-                                           jnp.zeros_like(q), jnp.zeros_like(q, shape=()))
-  # The positive term -s_ii: its gradient is -k_pos on q, -q on the positive columns.
-  k_pos = lax.dynamic_slice_in_dim(keys, offset, q.shape[0])
-  dq = dq - k_pos
-  dk = lax.dynamic_update_slice_in_dim(dk, lax.dynamic_slice_in_dim(dk, offset, q.shape[0]) - q,
-                                       offset, axis=0)
-  dinv = dinv - jnp.sum(q * k_pos)
-  scale = g * inv_t
-  return dq * scale, dk * scale, (dinv * g).astype(jnp.result_type(inv_t)), None
+def _fold_block(state, q_tiles, k_tiles, nk, inv_t, col_base, cdt):
+  """Folds the scores of this device's rows against one block of keys into the online log-sum-exp.
+
+  state: (running max, running sum of exp, best score, best global column), each [nr, tr];
+  q_tiles [nr, tr, d]: the rows, zero-padded (padding rows are dropped by the caller); k_tiles
+  [nc, tc, d]: nk real keys (the rest padding, masked out), already in the compute dtype; col_base: the
+  global column of the block's first key. Only one [tr, tc] score tile exists at a time.
+  """
+  tc = k_tiles.shape[1]
+  acc = q_tiles.dtype
+
+  def row(_, xs):
+    q_r, st = xs
+    q_r = _cast(q_r, cdt)
+
+    def col(st, ys):
+      j, k_t = ys
+      m, l, best, best_col = st
+      cols = j * tc + jnp.arange(tc)
+      s = jnp.where(cols[None, :] < nk, _scores(q_r, k_t, acc) * inv_t, -jnp.inf)  # [tr, tc]
+      m_new = jnp.maximum(m, jnp.max(s, axis=1))
+      l = l * jnp.exp(m - m_new) + jnp.sum(jnp.exp(s - m_new[:, None]), axis=1)
+      tile_best = jnp.max(s, axis=1)
+      tile_col = (col_base + cols[jnp.argmax(s, axis=1)]).astype(jnp.int32)
+      better = tile_best > best  # Strict: the first maximal column visited wins, as in argmax.
+      return (m_new, l, jnp.where(better, tile_best, best), jnp.where(better, tile_col, best_col)), None
+
+    return None, lax.scan(col, st, (jnp.arange(k_tiles.shape[0]), k_tiles))[0]
+
+  return lax.scan(row, None, (q_tiles, state))[1]
 
 
-_rows_tiled.defvjp(_rows_tiled_fwd, _rows_tiled_bwd)
+def _grad_block(dq, dinv, q_tiles, nq, lse_q, g, k_tiles, nk, lse_k, g_k, inv_t, cdt):
+  """Adds one block of keys' part of dL/dq (this device's rows) and of dL/dinv_t.
+
+  A score s_ij = inv_t q_i.k_j enters two row losses: row i of this direction (softmax over j, with
+  this device's cotangent g) and row j of the other direction (softmax over i, with the cotangent g_k
+  of the device that owns key j). So dL/ds_ij = g p_row_ij + g_k[j] p_col_ij, and with the other
+  direction's log-sum-exp of every key at hand no gradient for the keys has to be formed here: each
+  device forms only its own rows' gradient, once per direction.
+
+  dq [nr * tr, d]: accumulator, updated in place one row tile at a time; q_tiles [nr, tr, d] (nq real
+  rows); lse_q [nr, tr]: the rows' log-sum-exp; k_tiles [nc, tc, d] (nk real keys, compute dtype);
+  lse_k, g_k [nc, tc]. dinv gets only this direction's own rows' part (the other direction's comes from
+  the device computing those rows), so the devices' dinv sum to the full derivative.
+  """
+  tr, tc = q_tiles.shape[1], k_tiles.shape[1]
+  acc = q_tiles.dtype
+
+  def row(carry, xs):
+    dq, dinv = carry
+    r, q_r, lse_r = xs
+    rows_ok = r * tr + jnp.arange(tr) < nq
+    q_r = _cast(q_r, cdt)
+
+    def col(c, ys):
+      dq_r, dinv = c
+      j, k_t, lse_c, g_c = ys
+      raw = _scores(q_r, k_t, acc)  # [tr, tc]
+      ok = rows_ok[:, None] & (j * tc + jnp.arange(tc) < nk)[None, :]
+      s = raw * inv_t
+      p_row = jnp.where(ok, jnp.exp(s - lse_r[:, None]), 0.0)
+      p_col = jnp.where(ok, jnp.exp(s - lse_c[None, :]), 0.0)
+      ds = (g * p_row + g_c[None, :] * p_col) * inv_t
+      return (dq_r + ds @ _unpack(k_t, acc), dinv + g * jnp.sum(p_row * raw)), None
+
+    dq_r = lax.dynamic_slice_in_dim(dq, r * tr, tr)
+    (dq_r, dinv), _ = lax.scan(col, (dq_r, dinv), (jnp.arange(k_tiles.shape[0]), k_tiles, lse_k, g_k))
+    return (lax.dynamic_update_slice_in_dim(dq, dq_r, r * tr, axis=0), dinv), None
+
+  return lax.scan(row, (dq, dinv), (jnp.arange(q_tiles.shape[0]), q_tiles, lse_q))[0]
+
+
+def _after(x, dep):
+  """x, as a value XLA can form only once the scalar `dep` exists (x itself for finite dep).
+
+  The travelling (or gathered) copy of the keys is formed from the embeddings, which exist from the
+  start; XLA:CPU schedules such copies early (it drops optimization barriers before scheduling), so
+  the four directions' copies (forward and backward) would all be live at once. Making each depend on
+  the previous direction's result keeps one alive at a time.
+  """
+  return x if dep is None else x + (0 * dep).astype(x.dtype)
 
 
 def _ring_perm(n):
   return [(j, (j + 1) % n) for j in range(n)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _rows_ring(q, k_local, inv_t, axis, n, tile):
-  """Rows of this device's q against every device's k block, blocks passed around the ring.
+def _ppermute(x, axis, n):
+  """One hop around the ring (device j -> j + 1 mod n), of an array or a tuple of arrays."""
+  return lax.ppermute(x, axis, _ring_perm(n))
 
-  Runs inside shard_map over `axis` (size n). Row i's positive is k_local[i]. At hop s this device
-  holds the block of device (me - s) mod n.
+
+def _side_fwd(q, k, inv_t, mode, axis, n, tile, cdt, me, dep):
+  """Log-sum-exp [b] of q's rows over all B keys, and #rows whose best key is their positive.
+
+  mode "local": k is all the keys; "gather": all_gather k (in the compute dtype); "ring": k's blocks
+  travel around the ring (n - 1 ppermute hops; at hop s this device holds device (me - s) mod n's).
   """
-  return _rows_ring_fwd(q, k_local, inv_t, axis, n, tile)[0]
+  q_tiles, nq = _tiles(q, tile)
+  zero = jnp.zeros_like(q_tiles[:, :, 0])  # [nr, tr], device-varying like q inside shard_map.
+  state = (zero - jnp.inf, zero, zero - jnp.inf, zero.astype(jnp.int32))
+  block = _keys(_after(k, dep), cdt)
+  if mode == "ring":
+    k_tiles, nk = _tiles(block, tile)
+
+    def hop(carry, s):
+      state, k_tiles = carry
+      state = _fold_block(state, q_tiles, k_tiles, nk, inv_t, ((me - s) % n) * nk, cdt)
+      return (state, _ppermute(k_tiles, axis, n)), None
+
+    state, k_tiles = lax.scan(hop, (state, k_tiles), jnp.arange(n - 1))[0]
+    state = _fold_block(state, q_tiles, k_tiles, nk, inv_t, ((me - (n - 1)) % n) * nk, cdt)
+  else:
+    if mode == "gather":
+      block = lax.all_gather(block, axis, tiled=True)
+    k_tiles, nk = _tiles(block, tile)
+    state = _fold_block(state, q_tiles, k_tiles, nk, inv_t, 0, cdt)
+  m, l, _, best_col = (x.reshape(-1)[:nq] for x in state)
+  correct = jnp.sum(best_col == me * nq + jnp.arange(nq)).astype(jnp.float32)
+  return m + jnp.log(l), correct
 
 
-def _ring_block_tiles(block, tile):
-  key_tiles, _ = _tiles(block, tile)
-  return key_tiles, block.shape[0]
+def _side_bwd(q, k, lse_q, lse_k, g, inv_t, mode, axis, n, tile, cdt, dep):
+  """dL/dq [b, d] and this device's part of dL/dinv_t for q's direction (see `_grad_block`).
+
+  In "ring" mode each key block travels with its log-sum-exp [b] and its owner's cotangent (a scalar):
+  n - 1 hops, and no gradient accumulator travels.
+  """
+  acc = q.dtype
+  q_tiles, nq = _tiles(q, tile)
+  nr, tr = q_tiles.shape[:2]
+  lse_q = _tiles(lse_q, tile)[0]
+  k_c = _keys(_after(k, dep), cdt)  # Formed only when needed; also the first travelling block.
+  # The positive score s_ii enters this device's loss twice (as an a->b and as a b->a row); its
+  # gradient starts the accumulator, so that the result needs no second [b, d] buffer.
+  dq = -2 * g * inv_t * _unpack(k_c, acc)
+  if nr * tr != nq:
+    dq = jnp.pad(dq, ((0, nr * tr - nq), (0, 0)))
+  dinv = jnp.zeros_like(q, shape=())  # Device-varying like q inside shard_map.
+  if mode == "ring":
+    k_tiles, nk = _tiles(k_c, tile)
+    lse_k = _tiles(lse_k, tile)[0]
+
+    def block(dq, dinv, k_tiles, lse_k, g_k):
+      return _grad_block(dq, dinv, q_tiles, nq, lse_q, g, k_tiles, nk, lse_k,
+                         jnp.broadcast_to(g_k, lse_k.shape), inv_t, cdt)
+
+    def hop(carry, _):
+      dq, dinv, travel = carry
+      dq, dinv = block(dq, dinv, *travel)
+      return (dq, dinv, _ppermute(travel, axis, n)), None
+
+    dq, dinv, travel = lax.scan(hop, (dq, dinv, (k_tiles, lse_k, g)), None, length=n - 1)[0]
+    dq, dinv = block(dq, dinv, *travel)
+  else:
+    g_k = jnp.broadcast_to(g, lse_k.shape)
+    if mode == "gather":
+      k_c = lax.all_gather(k_c, axis, tiled=True)
+      lse_k = lax.all_gather(lse_k, axis, tiled=True)
+      g_k = lax.all_gather(g_k, axis, tiled=True)
+    k_tiles, nk = _tiles(k_c, tile)
+    dq, dinv = _grad_block(dq, dinv, q_tiles, nq, lse_q, g, k_tiles, nk, _tiles(lse_k, tile)[0],
+                           _tiles(g_k, tile)[0], inv_t, cdt)
+  return dq[:nq], dinv
 
 
-def _rows_ring_fwd(q, k_local, inv_t, axis, n, tile):
-  me = lax.axis_index(axis)
-  b = q.shape[0]
-
-  def fold(state, block, src):
-    key_tiles, nb = _ring_block_tiles(block, tile)
-    t = key_tiles.shape[1]
-
-    def body(st, xs):
-      i, key_tile = xs
-      return _online_lse_update(st, q, key_tile, inv_t, i * t, nb), None
-
-    # Scores of this block against q, in block-local columns, folded into the running state; the best
-    # column is turned into a global column index src * b + local.
-    m, l, best, best_col = state
-    local = (m, l, best, jnp.zeros_like(best_col))
-    m, l, best_new, col_new = lax.scan(body, local, (jnp.arange(key_tiles.shape[0]), key_tiles))[0]
-    best_col = jnp.where(best_new > best, (src * nb + col_new).astype(jnp.int32), best_col)
-    return (m, l, jnp.maximum(best, best_new), best_col)
-
-  def hop(carry, s):
-    state, block = carry
-    state = fold(state, block, (me - s) % n)
-    block = lax.ppermute(block, axis, _ring_perm(n))
-    return (state, block), None
-
-  state, block = lax.scan(hop, (_online_lse_init(q), k_local), jnp.arange(n - 1))[0]
-  m, l, _, best_col = fold(state, block, (me - (n - 1)) % n)
-  lse = m + jnp.log(l)
-  pos_raw = jnp.sum(q * k_local, axis=1)
-  loss = jnp.sum(lse - pos_raw * inv_t)
-  correct = jnp.sum(best_col == me * b + jnp.arange(b)).astype(jnp.float32)
-  return (loss, correct), (q, k_local, inv_t, lse)
+def _positive_scores(za, zb, tile, cdt):
+  """Raw positive scores za_i . zb_i [b], as the score tiles compute them, one row tile at a time
+  (as one expression XLA:CPU materialises the [b, d] product before summing it)."""
+  a_tiles, nq = _tiles(za, tile)
+  b_tiles, _ = _tiles(zb, tile)
+  up = lambda x: _cast(x, cdt).astype(za.dtype)
+  return lax.map(lambda ab: jnp.sum(up(ab[0]) * up(ab[1]), axis=1), (a_tiles, b_tiles)).reshape(-1)[:nq]
 
 
-def _rows_ring_bwd(axis, n, tile, res, cotangents):
-  q, k_local, inv_t, lse = res
-  g = cotangents[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _pair_rows(za, zb, inv_t, mode, axis, n, tile, transit):
+  """(sum of this device's a->b and b->a row losses, #correct rows) without the [b, B] score block.
 
-  def hop(carry, _):
-    dq, dinv, block, dblock = carry
-    key_tiles, nb = _ring_block_tiles(block, tile)
-    dq, dinv, dk_block = _softmax_grads_over_tiles(q, key_tiles, nb, inv_t, lse, dq, dinv)
-    dblock = dblock + dk_block
-    # The block and its gradient accumulator travel together; after n hops both are home again.
-    block, dblock = lax.ppermute((block, dblock), axis, _ring_perm(n))
-    return (dq, dinv, block, dblock), None
-
-  init = (jnp.zeros_like(q), jnp.zeros_like(q, shape=()), k_local,
-          jnp.zeros_like(k_local))
-  dq, dinv, _, dk = lax.scan(hop, init, None, length=n)[0]
-  dq = dq - k_local
-  dk = dk - q
-  dinv = dinv - jnp.sum(q * k_local)
-  scale = g * inv_t
-  return dq * scale, dk * scale, (dinv * g).astype(jnp.result_type(inv_t))
+  za, zb [b, d]: this device's rows (inside shard_map over `axis` of size n unless mode is "local");
+  mode "local" | "gather" | "ring" (see `_side_fwd`); tile: rows and columns per score tile;
+  transit: "float32", or "bfloat16" to compute every score from bfloat16-rounded embeddings (f32
+  accumulation; blocks travel / are gathered in bfloat16; gradients pass straight through the rounding).
+  """
+  return _pair_rows_fwd(za, zb, inv_t, mode, axis, n, tile, transit)[0]
 
 
-_rows_ring.defvjp(_rows_ring_fwd, _rows_ring_bwd)
+def _pair_rows_fwd(za, zb, inv_t, mode, axis, n, tile, transit):
+  cdt = _compute_dtype(transit)
+  me = 0 if mode == "local" else lax.axis_index(axis)
+  lse_a, corr_a = _side_fwd(za, zb, inv_t, mode, axis, n, tile, cdt, me, None)
+  lse_b, corr_b = _side_fwd(zb, za, inv_t, mode, axis, n, tile, cdt, me, lse_a[0])
+  pos_raw = _positive_scores(za, zb, tile, cdt)
+  loss = jnp.sum(lse_a - pos_raw * inv_t) + jnp.sum(lse_b - pos_raw * inv_t)  # Row by row, as plain.
+  # The positive scores' sum is kept for dL/dinv_t rather than recomputed in the backward pass (another
+  # pass over both [b, d] inputs).
+  return (loss, corr_a + corr_b), (za, zb, inv_t, lse_a, lse_b, jnp.sum(pos_raw))
+
+
+def _pair_rows_bwd(mode, axis, n, tile, transit, res, cotangents):
+  za, zb, inv_t, lse_a, lse_b, pos_sum = res
+  g = cotangents[0]  # The accuracy output is not differentiable.
+  cdt = _compute_dtype(transit)
+  dza, dinv_a = _side_bwd(za, zb, lse_a, lse_b, g, inv_t, mode, axis, n, tile, cdt, lse_b[0])
+  dzb, dinv_b = _side_bwd(zb, za, lse_b, lse_a, g, inv_t, mode, axis, n, tile, cdt, dza[0, 0])
+  dinv = dinv_a + dinv_b - 2 * g * pos_sum
+  return dza, dzb, dinv.astype(jnp.result_type(inv_t))
+
+
+_pair_rows.defvjp(_pair_rows_fwd, _pair_rows_bwd)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -274,26 +361,22 @@ def enabled_pairs(pairs: Mapping[str, float]) -> dict[str, tuple[str, str, float
   return out
 
 
-def _pair_sums(za, zb, inv_t, *, impl, tile, axis, n, gathered):
+def _pair_sums(za, zb, inv_t, *, impl, tile, axis, n, gathered, transit):
   """Sum of a->b and b->a row losses and #correct for this device's rows (inside shard_map if n)."""
-  if impl == "ring" and axis is not None:
-    loss_ab, corr_ab = _rows_ring(za, zb, inv_t, axis, n, tile)
-    loss_ba, corr_ba = _rows_ring(zb, za, inv_t, axis, n, tile)
-    return loss_ab + loss_ba, corr_ab + corr_ba
-  offset = 0 if axis is None else lax.axis_index(axis) * za.shape[0]
-  za_all, zb_all = gathered(za), gathered(zb)
   if impl == "plain":
-    rows = _rows_plain
-  else:  # "tiled", and "ring" on a single device (there is no ring to pass blocks around).
-    rows = functools.partial(_rows_tiled, tile=tile)
-  loss_ab, corr_ab = rows(za, zb_all, inv_t, offset)
-  loss_ba, corr_ba = rows(zb, za_all, inv_t, offset)
-  return loss_ab + loss_ba, corr_ab + corr_ba
+    offset = 0 if axis is None else lax.axis_index(axis) * za.shape[0]
+    loss_ab, corr_ab = _rows_plain(za, gathered(zb), inv_t, offset)
+    loss_ba, corr_ba = _rows_plain(zb, gathered(za), inv_t, offset)
+    return loss_ab + loss_ba, corr_ab + corr_ba
+  # "ring" on a single device is the tiled loss: there is no ring to pass blocks around.
+  mode = "local" if axis is None else ("ring" if impl == "ring" else "gather")
+  return _pair_rows(za, zb, inv_t, mode, axis, n, tile, transit)
 
 
 def contrastive_loss(embeddings: Mapping[str, jax.Array], pairs: Mapping[str, float], temperature, *,
                      mesh=None, axis: str = "data", impl: str = "plain",
-                     tile_size: int = 1024) -> tuple[jax.Array, dict[str, jax.Array]]:
+                     tile_size: int = 1024, transit_dtype: str = "float32"
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted sum of symmetric InfoNCE over the enabled pairs, negatives from the global batch.
 
   Args:
@@ -303,7 +386,10 @@ def contrastive_loss(embeddings: Mapping[str, jax.Array], pairs: Mapping[str, fl
     temperature: scalar (float or traced; learned temperatures get their gradient).
     mesh: a jax Mesh with axis `axis`, or None for the single-device global-view computation.
     impl: "plain", "tiled" or "ring" (see the module docstring).
-    tile_size: columns per tile for "tiled"/"ring".
+    tile_size: rows and columns per score tile for "tiled"/"ring" (scores exist [tile, tile] at a time).
+    transit_dtype: "float32", or "bfloat16" ("tiled"/"ring" only): the scores are computed from
+      bfloat16-rounded embeddings with float32 accumulation, so blocks are gathered / sent around the
+      ring in bfloat16 (half the memory and traffic); gradients pass straight through the rounding.
   Returns:
     (total, metrics): total = sum_pair weight * loss_pair; metrics {"loss/a_b", "top1/a_b"} scalars.
   """
@@ -311,6 +397,12 @@ def contrastive_loss(embeddings: Mapping[str, jax.Array], pairs: Mapping[str, fl
     raise ValueError(f"loss.impl={impl!r} is out of range: must be one of {IMPLS}")
   if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 1:
     raise ValueError(f"loss.tile_size={tile_size!r} is out of range: must be a positive integer")
+  if transit_dtype not in TRANSIT_DTYPES:
+    raise ValueError(f"loss.transit_dtype={transit_dtype!r} is out of range: must be one of "
+                     f"{TRANSIT_DTYPES}")
+  if transit_dtype != "float32" and impl == "plain":
+    raise ValueError(f"loss.transit_dtype={transit_dtype!r} needs loss.impl 'tiled' or 'ring' (the plain "
+                     "loss differentiates through its all_gather, whose transpose would round gradients)")
   enabled = enabled_pairs(pairs)
   names = sorted({k for a, b, _ in enabled.values() for k in (a, b)})
   for pair, (a, b, _) in enabled.items():
@@ -339,7 +431,7 @@ def contrastive_loss(embeddings: Mapping[str, jax.Array], pairs: Mapping[str, fl
     sums = {}
     for pair, (a, b, _) in enabled.items():
       sums[pair] = _pair_sums(z[a], z[b], inv_t, impl=impl, tile=int(tile_size), axis=axis, n=n,
-                              gathered=gathered)
+                              gathered=gathered, transit=transit_dtype)
     if axis is not None:
       sums = lax.psum(sums, axis)
     return sums

@@ -161,7 +161,8 @@ def make_loss_fn(config: ml_collections.ConfigDict, split_def: nnx.GraphDef, mes
     else:
       temperature = config.loss.temperature
     loss, metrics = losses.contrastive_loss(embeddings, pairs, temperature, mesh=mesh, axis=sharding.DATA_AXIS,
-                                            impl=config.loss.impl, tile_size=config.loss.tile_size)
+                                            impl=config.loss.impl, tile_size=config.loss.tile_size,
+                                            transit_dtype=config.loss.transit_dtype)
     metrics = dict(metrics)
     metrics["temperature"] = jnp.asarray(temperature, jnp.float32)
     metrics["mix_weight"] = jnp.mean(views["mix_weight"])

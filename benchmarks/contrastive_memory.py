@@ -1,6 +1,7 @@
 r"""Peak device memory and time of the contrastive loss, forward + backward: plain vs tiled vs ring.
 
     python -m benchmarks.contrastive_memory [--batches 1024,4096,65536] [--no-time] [--devices 8]
+    python -m benchmarks.contrastive_memory --batches 1048576 --no-time --devices 8   # the 1M-batch figure
     python -m benchmarks.contrastive_memory --native --time-max-batch 65536   # on the devices found (a GPU)
 
 Memory comes from XLA's buffer assignment of the compiled per-device program
@@ -9,7 +10,9 @@ it needs no allocation and works at any batch; time is the median of a few runs 
 on the simulated CPU devices (all of them share this machine's cores, so times are relative figures:
 compare impls within one run). With --native, the devices JAX finds (e.g. one GPU) are used instead of
 simulated CPU devices, and time is real device time. The step computes the loss of one pair ("logmel_video") and its
-gradients with respect to both embeddings and the temperature.
+gradients with respect to both embeddings and the temperature. "tiled" and "ring" run once per
+--transit-dtypes entry (loss.transit_dtype: "bfloat16" gathers / sends the keys in bfloat16); "plain"
+only in float32.
 """
 import argparse
 import os
@@ -38,10 +41,10 @@ from jax.sharding import PartitionSpec as P
 from avcl import losses  # noqa: E402
 
 
-def _step(mesh, impl, tile):
+def _step(mesh, impl, tile, transit="float32"):
   def loss(za, zb, t):
     return losses.contrastive_loss({"logmel": za, "video": zb}, {"logmel_video": 1.0}, t, mesh=mesh,
-                                   impl=impl, tile_size=tile)[0]
+                                   impl=impl, tile_size=tile, transit_dtype=transit)[0]
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
 
 
@@ -59,6 +62,8 @@ def main(argv=None):
   parser.add_argument("--devices", type=int, default=_DEVICES, help="simulated CPU devices")
   parser.add_argument("--tile", type=int, default=1024, help="tile size for tiled/ring")
   parser.add_argument("--impls", default="plain,tiled,ring")
+  parser.add_argument("--transit-dtypes", default="float32,bfloat16",
+                      help="loss.transit_dtype values to run tiled/ring with")
   parser.add_argument("--native", action="store_true",
                       help="use the devices JAX finds (a GPU, a TPU) instead of --devices simulated CPU devices")
   parser.add_argument("--no-time", action="store_true", help="memory only (compile, do not run)")
@@ -70,12 +75,13 @@ def main(argv=None):
   n = len(jax.devices())
   mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   impls = args.impls.split(",")
-  print(f"JAX {jax.__version__}; {n} x {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), dim {args.dim}, tile {args.tile}, float32; "
+  print(f"JAX {jax.__version__}; {n} x {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), dim {args.dim}, "
+        f"tile {args.tile}, float32 embeddings; "
         "peak = per-device arguments + outputs + temporaries (XLA memory_analysis); wall/cpu: median "
         f"of {args.repeats} fwd+bwd steps, cpu = process CPU time over all threads; load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-  header = (f"{'batch':>7} {'impl':>6} {'peak MiB':>10} {'vs plain':>9} {'wall s':>8} {'vs plain':>9} "
-            f"{'cpu s':>8} {'vs plain':>9}")
+  header = (f"{'batch':>7} {'impl':>6} {'transit':>8} {'peak MiB':>10} {'vs plain':>9} {'wall s':>8} "
+            f"{'vs plain':>9} {'cpu s':>8} {'vs plain':>9}")
   print(header)
   print("-" * len(header))
   spec = NamedSharding(mesh, P("data"))
@@ -83,8 +89,10 @@ def main(argv=None):
     shape = jax.ShapeDtypeStruct((b, args.dim), jnp.float32, sharding=spec)
     temp = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
     results = {}
-    for impl in impls:
-      compiled = _step(mesh, impl, args.tile).lower(shape, shape, temp).compile()
+    runs_of = [(impl, transit) for impl in impls
+               for transit in (["float32"] if impl == "plain" else args.transit_dtypes.split(","))]
+    for impl, transit in runs_of:
+      compiled = _step(mesh, impl, args.tile, transit).lower(shape, shape, temp).compile()
       peak = _peak_bytes(compiled)
       seconds = cpu = float("nan")
       if not args.no_time and b <= args.time_max_batch:
@@ -103,11 +111,11 @@ def main(argv=None):
             cpu_runs.append(time.process_time() - start_cpu)
           seconds, cpu = float(np.median(runs)), float(np.median(cpu_runs))
         except jax.errors.JaxRuntimeError as e:  # Out of device memory: keep the row, say why.
-          print(f"{b:>7} {impl:>6} not timed: {str(e).splitlines()[0][:150]}", flush=True)
+          print(f"{b:>7} {impl:>6} {transit:>8} not timed: {str(e).splitlines()[0][:150]}", flush=True)
         del za, zb
-      results[impl] = (peak, seconds, cpu)
-      ref_peak, ref_s, ref_cpu = results.get("plain", (peak, seconds, cpu))
-      print(f"{b:>7} {impl:>6} {peak / 2**20:>10.1f} {peak / ref_peak:>9.3f} {seconds:>8.3f} "
+      results[impl, transit] = (peak, seconds, cpu)
+      ref_peak, ref_s, ref_cpu = results.get(("plain", "float32"), (peak, seconds, cpu))
+      print(f"{b:>7} {impl:>6} {transit:>8} {peak / 2**20:>10.1f} {peak / ref_peak:>9.3f} {seconds:>8.3f} "
             f"{seconds / ref_s:>9.2f} {cpu:>8.3f} {cpu / ref_cpu:>9.2f}", flush=True)
 
 

@@ -50,5 +50,5 @@ run train_step_paper "${PAPER_LIMIT:-420}" -m benchmarks.train_step --configs pa
 run train_step_default 120 -m benchmarks.train_step --configs default --default_batches 1024 \
   --dtype bfloat16 --steps 20 --matmul_n 8192 --peak_tflops 989
 run contrastive 90 -m benchmarks.contrastive_memory --native --batches 1024,4096,16384,65536 \
-  --time-max-batch 65536 --repeats 10
+  --time-max-batch 65536 --repeats 10 --transit-dtypes float32
 date -u

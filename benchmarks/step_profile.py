@@ -121,7 +121,8 @@ def component_rows(config, repeats):
 
   def loss(emb):
     return losses.contrastive_loss(emb, pairs, config.loss.temperature, mesh=mesh, axis=sharding.DATA_AXIS,
-                                   impl=config.loss.impl, tile_size=config.loss.tile_size)[0]
+                                   impl=config.loss.impl, tile_size=config.loss.tile_size,
+                                   transit_dtype=config.loss.transit_dtype)[0]
   rows.append(("contrastive loss fwd+bwd",) + measure(jax.value_and_grad(loss), (embeddings,), repeats))
 
   trainer = train.make_trainer(config, mesh)

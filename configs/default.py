@@ -100,7 +100,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.temperature = 0.1  # Softmax temperature (initial value when learned).
   c.loss.learn_temperature = False  # Learn log(1/temperature) as a parameter.
   c.loss.impl = "plain"  # "plain" (row block vs gathered batch), "tiled" or "ring" (memory-efficient).
-  c.loss.tile_size = 1024  # Columns per tile for "tiled"/"ring".
+  c.loss.tile_size = 1024  # Rows and columns per score tile for "tiled"/"ring".
+  c.loss.transit_dtype = "float32"  # "bfloat16": "tiled"/"ring" scores from bf16-rounded embeddings (half the memory).
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"  # "adamw" or "lars".
