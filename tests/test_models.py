@@ -309,6 +309,28 @@ def test_batchnorm_gradients_match_finite_differences_and_autodiff(groups):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
+def test_batchnorm_bfloat16_input_equals_the_float32_path_bit_for_bit():
+  """A bfloat16 input is upcast inside the custom VJP (so its residual stays bfloat16): the output and the
+  gradients equal those of normalising the float32 copy, as the module did before, bit for bit."""
+  from avcl.models import batch_norm  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(1.0, 2.0, (8, 5, 4)), jnp.bfloat16)
+  scale, bias = jnp.asarray(rng.normal(1.0, 0.3, 4), jnp.float32), jnp.asarray(rng.normal(size=4), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(2, 4, 5, 4)), jnp.float32)
+
+  def loss(x, scale, bias, upcast_first):
+    xg = x.reshape((2, 4) + x.shape[1:])
+    y, mean, var = batch_norm.normalize(xg.astype(jnp.float32) if upcast_first else xg, scale, bias, 1e-5)
+    return jnp.sum(w * y) + jnp.sum(mean) + jnp.sum(var)
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+  (v_new, g_new), (v_old, g_old) = grad(x, scale, bias, False), grad(x, scale, bias, True)
+  assert g_new[0].dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(v_new), np.asarray(v_old))
+  for a, b in zip(g_new, g_old):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
 def test_batchnorm_groups_match_per_shard_numpy():
   g = 4
   x = np.random.default_rng(1).normal(0.0, 1.0, (8, 3, 5)) * np.arange(1, 9)[:, None, None]
@@ -451,29 +473,39 @@ def test_jit_train_step_with_split_merge_gives_grads_and_updates_stats():
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(new_stats)))
 
 
-def test_remat_gives_same_outputs_and_grads():
-  """Remat changes memory, not math. Without remat: nnx.jit + nnx.value_and_grad on the module; with
-  remat: the functional pattern a trainer uses (split, then merge(copy=True) inside jax.jit)."""
+@pytest.mark.parametrize("remat_every", [1, 2])
+def test_remat_gives_same_outputs_grads_and_statistics(remat_every):
+  """Remat changes memory, not math, per block (1) and in nested groups of 2 blocks (the last group of
+  each 3-block stack short). Without remat: nnx.jit + nnx.value_and_grad on the module; with remat: the
+  functional pattern a trainer uses (split, then merge(copy=True) inside jax.jit)."""
   x = {"logmel": _rand(0, (4, 32, 64)), "video": _rand(2, (4, 2, 16, 16, 3))}
 
   def build(remat):  # a small model: two compilations of a backward pass
-    c = _cfg(remat=remat, head_hidden=0, embed_dim=8, **{"logmel.width": 4, "logmel.depth": 2,
-                                                        "video.width": 4, "video.blocks": (1, 1)})
+    c = _cfg(remat=remat, remat_every=remat_every, head_hidden=0, embed_dim=8,
+             **{"logmel.width": 4, "logmel.depth": 3, "video.width": 4, "video.blocks": (2, 1)})
     return build_model(c.model, c.audio, rngs=nnx.Rngs(0))
 
   def loss(m):
     z = m(x, train=True)
     return jnp.sum(z["logmel"] * z["video"])
 
-  l0, g0 = nnx.jit(lambda m: nnx.value_and_grad(loss)(m))(build(False))
+  plain = build(False)
+  l0, g0 = nnx.jit(lambda m: nnx.value_and_grad(loss)(m))(plain)
 
   graphdef, params, stats = nnx.split(build(True), nnx.Param, nnx.BatchStat)
-  loss_fn = lambda p: loss(nnx.merge(graphdef, p, stats, copy=True))
-  jaxpr = str(jax.make_jaxpr(jax.grad(loss_fn))(params))
-  assert "checkpoint" in jaxpr or "remat" in jaxpr
-  l1, g1 = jax.jit(jax.value_and_grad(loss_fn))(params)
+
+  def loss_fn(p):
+    m = nnx.merge(graphdef, p, stats, copy=True)
+    return loss(m), nnx.state(m, nnx.BatchStat)
+
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: loss_fn(p)[0]))(params))
+  assert jaxpr.count("checkpoint") + jaxpr.count("remat") >= (2 if remat_every > 1 else 1)
+  (l1, new_stats), g1 = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
   np.testing.assert_allclose(l0, l1, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), nnx.state(g0), g1)
+  # BatchNorm running statistics are updated once per step, as without remat.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               nnx.state(plain, nnx.BatchStat), new_stats)
 
 
 # ---------------------------------------------------------------------------------- sharded BN
