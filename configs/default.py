@@ -90,6 +90,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
   c.model.bn_sync = True  # BatchNorm statistics over the global batch (False: per device shard).
   c.model.remat = False  # Rematerialise encoder blocks in the backward pass (saves memory, ~1.3x compute).
+  # With remat: keep the input of one block in every remat_every and recompute the rest in nested groups
+  # (saved activations ~1/remat_every, one more forward pass of the blocks; avcl/models/stack.py).
+  c.model.remat_every = 1
 
   c.loss = ml_collections.ConfigDict()
   c.loss.pairs = ml_collections.ConfigDict()  # Weight of each InfoNCE pair "a_b" (0 disables).

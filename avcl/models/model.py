@@ -151,7 +151,8 @@ def build_model(model_cfg, audio_cfg, *, rngs: nnx.Rngs, bn_groups: int = 1) -> 
   _positive_int(bn_groups, "bn_groups (build_model argument)")
   groups = 1 if model_cfg.bn_sync else int(bn_groups)
   dtype = DTYPES[model_cfg.dtype]
-  remat = bool(model_cfg.get("remat", False))
+  # Blocks per rematerialised group (stack.run_blocks); 0: off. Configs stored before remat_every: 1.
+  remat = int(model_cfg.get("remat_every", 1)) if model_cfg.get("remat", False) else 0
   encoders, heads = {}, {}
   for enc in ENCODERS:
     if not model_cfg[enc].name:
