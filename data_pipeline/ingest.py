@@ -57,9 +57,13 @@ from data_pipeline import schema
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".flv", ".wmv",
                     ".3gp", ".ts", ".mts", ".ogv")
 SKIP_REASONS = ("unreadable", "corrupt", "truncated", "no_audio", "no_video", "unsupported_codec",
-                "zero_duration", "bad_range", "silent")
+                "zero_duration", "bad_range", "silent", "non_finite", "crash", "timeout", "oversize")
 SILENCE_DBFS = -60.0  # Peak level below which a clip counts as silent.
 STATE_DIR = ".ingest"
+# Per input (a whole file, every clip cut from it). A 10 s clip converts in well under a second and an hour
+# of video in about a minute on one core; ten minutes leaves room for slow disks and long files while a hung
+# decoder costs one worker ten minutes, not the run.
+DEFAULT_TIMEOUT_S = 600.0
 
 log = logging.getLogger("data_pipeline.ingest")
 
@@ -147,7 +151,8 @@ def _downmix(frame) -> np.ndarray:
 
 
 def _decode_audio(container, stream, start_s, end_s, sample_rate):
-  """All audio in [start_s, end_s] as mono f32 at `sample_rate`, and the time (s) of its first sample."""
+  """All audio in [start_s, end_s] as mono f32 at `sample_rate` (not clipped), and the time (s) of its first
+  sample."""
   import av
   import soxr
   resampler = stream_resampler = None
@@ -172,8 +177,8 @@ def _decode_audio(container, stream, start_s, end_s, sample_rate):
   for out in resampler.resample(None):
     chunks.append(stream_resampler.resample_chunk(_downmix(out)))
   chunks.append(stream_resampler.resample_chunk(np.zeros([0], np.float32), last=True))
-  audio = np.concatenate(chunks).astype(np.float32)
-  return np.clip(audio, -1.0, 1.0), t0
+  # Not clipped here: clipping turns Inf into +-1 and keeps NaN, and both must be caught (convert_video).
+  return np.concatenate(chunks).astype(np.float32), t0
 
 
 def _frame_to_jpeg(frame, size, quality):
@@ -313,6 +318,13 @@ def convert_video(path: str, start_s: float | None, end_s: float | None, labels:
   audio = audio[first:first + n_samples]
   if audio.size < n_samples:  # Rounding can leave the last sample or two short.
     audio = np.pad(audio, [0, n_samples - audio.size])
+  bad = ~np.isfinite(audio)
+  if bad.any():
+    # Float sources (pcm_f32le, a broken encoder) can hold NaN/Inf; a clip with them would poison a training
+    # batch, and schema.serialize refuses them.
+    return Skip(path, "non_finite", f"{int(bad.sum())} of {audio.size} audio samples are NaN or Inf (first at "
+                f"{clip_start + np.argmax(bad) / options.sample_rate:.3f} s)")
+  audio = np.clip(audio, -1.0, 1.0)
   if options.skip_silent and is_silent(audio):
     return Skip(path, "silent", f"peak below {SILENCE_DBFS:g} dBFS")
   return schema.Clip(
@@ -428,19 +440,19 @@ def read_inputs(input_path: str, labels_csv: str | None = None) -> tuple[list[Jo
 def convert_job(job: Job, options: Options) -> dict:
   """Worker entry: one Job -> a picklable result with the serialized record or the skip."""
   t = time.perf_counter()
+  out = {"path": job.path}
   try:
     result = convert_video(job.path, job.start_s, job.end_s, job.label_index, options, video_id=job.video_id,
                            label_strings=job.labels)
+    if not isinstance(result, Skip):
+      # Serialising is inside the try: a record that schema refuses is one bad input, not a stopped run.
+      out.update(record=schema.serialize(result), duration_s=result.duration_s, silent=is_silent(result.audio))
   except Exception as e:  # pylint: disable=broad-except
     # Anything unforeseen in a decoder is still one bad input, not a crashed run.
     result = Skip(job.path, "corrupt", f"{type(e).__name__}: {e}")
-  out = {"path": job.path, "seconds": time.perf_counter() - t}
   if isinstance(result, Skip):
-    out["skip"] = result.as_dict()
-  else:
-    out["record"] = schema.serialize(result)
-    out["duration_s"] = result.duration_s
-    out["silent"] = is_silent(result.audio)
+    out = {"path": job.path, "skip": result.as_dict()}
+  out["seconds"] = time.perf_counter() - t
   return out
 
 
@@ -508,58 +520,160 @@ def _convert_indexed(args):
   return i, convert(job, options)
 
 
-def _crashed(job: Job) -> dict:
-  return {"path": job.path, "skip": Skip(job.path, "corrupt", "the decoder crashed (its worker process "
-                                         "died)").as_dict()}
+def _worker_main(conn) -> None:
+  """A decoder process: receives (i, job, options, convert) tuples, sends back (i, result); None stops it."""
+  _worker_init()
+  while True:
+    try:
+      args = conn.recv()
+    except EOFError:  # The parent went away.
+      return
+    if args is None:
+      return
+    conn.send(_convert_indexed(args))
 
 
-def _run_parallel(pending, workers: int, handle) -> None:
-  """Runs `pending` in `workers` spawned processes, calling `handle(i, result)` as results arrive.
+def _failed(job: Job, reason: str, detail: str) -> dict:
+  return {"path": job.path, "skip": Skip(job.path, reason, detail).as_dict()}
 
-  A worker that dies (a decoder segfault on a malicious or broken file) would hang a multiprocessing.Pool;
-  here it breaks the executor instead, and every job that was in flight is re-run alone in a fresh process,
-  so only the input that kills its process is skipped (as `corrupt`).
+
+def _mp_context():
+  # forkserver: a restarted worker forks from a small server that imported this module once (milliseconds),
+  # never from the parent, which may have imported TensorFlow (the shard writer) and must not be forked.
+  # spawn where forkserver does not exist (macOS still has it; Windows does not).
+  if "forkserver" in multiprocessing.get_all_start_methods():
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["data_pipeline.ingest"])
+    return ctx
+  return multiprocessing.get_context("spawn")
+
+
+class WorkerPool:
+  """Decoder processes that run one input each at a time, each input under a time limit.
+
+  A worker that dies (a decoder segfault, os._exit, the OOM killer) costs its own input only, skipped as
+  `crash`; a worker that runs past `timeout_s` is killed and its input skipped as `timeout`. Either way a
+  fresh worker takes its place and the others carry on (unlike concurrent.futures, whose pool breaks as a
+  whole and cannot kill one stuck task). Used by `ingest` (any --workers) and by the Beam pipeline.
   """
-  from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-  from concurrent.futures.process import BrokenProcessPool
-  # spawn: the parent may have imported TensorFlow (the shard writer), which must not be forked.
-  ctx = multiprocessing.get_context("spawn")
+
+  def __init__(self, workers: int, timeout_s: float):
+    self.ctx = _mp_context()
+    self.timeout_s = timeout_s
+    self.idle = [self._start() for _ in range(max(1, workers))]
+    self.busy: dict = {}  # worker -> (args, deadline)
+
+  def _start(self):
+    parent, child = self.ctx.Pipe()
+    proc = self.ctx.Process(target=_worker_main, args=(child,), daemon=True, name="ingest-decoder")
+    proc.start()
+    child.close()  # Only the worker holds this end, so its death reads as EOF here.
+    return proc, parent
+
+  @staticmethod
+  def _stop(worker, kill: bool) -> None:
+    proc, conn = worker
+    if kill:
+      proc.kill()
+    conn.close()
+    proc.join(timeout=5)
+
+  def submit(self, args) -> bool:
+    """Starts `args` = (i, job, options, convert) on an idle worker; False when none is idle."""
+    if not self.idle:
+      return False
+    worker = self.idle.pop()
+    worker[1].send(args)
+    self.busy[worker] = (args, time.monotonic() + self.timeout_s)
+    return True
+
+  def wait(self) -> list[tuple[int, dict]]:
+    """Blocks until at least one running input finished, crashed or timed out; returns their (i, result)."""
+    from multiprocessing.connection import wait
+    out = []
+    while not out and self.busy:
+      now = time.monotonic()
+      first_deadline = min(d for _, d in self.busy.values())
+      handles = [h for proc, conn in self.busy for h in (conn, proc.sentinel)]
+      ready = set(wait(handles, timeout=max(0.0, first_deadline - now)))
+      now = time.monotonic()
+      for worker, (args, deadline) in list(self.busy.items()):
+        proc, conn = worker
+        i, job = args[0], args[1]
+        result = None
+        if conn in ready or proc.sentinel in ready:
+          try:
+            if conn.poll():
+              result = conn.recv()
+          except Exception:  # pylint: disable=broad-except
+            result = None  # Died while sending (EOF, a half pickle): a crash like any other.
+          if result is None:
+            proc.join(timeout=1)  # For its exit code.
+            result = (i, _failed(job, "crash", f"the decoder process died (exit code {proc.exitcode}) "
+                                 "while converting this input"))
+          if result is None or not proc.is_alive():  # A worker that died after sending is replaced too.
+            self._stop(worker, kill=True)
+            worker = self._start()
+        elif now >= deadline:
+          result = (i, _failed(job, "timeout", f"converting took longer than the {self.timeout_s:g} s time "
+                               "limit (--timeout-s); the decoder process was killed"))
+          self._stop(worker, kill=True)
+          worker = self._start()
+        if result is not None:
+          del self.busy[(proc, conn)]
+          self.idle.append(worker)
+          out.append(result)
+    return out
+
+  def run_one(self, args) -> dict:
+    """Runs one input to its end (or crash or timeout) and returns its result (the Beam path)."""
+    assert self.submit(args), "run_one needs an idle worker"
+    return self.wait()[0][1]
+
+  def close(self) -> None:
+    for worker in self.idle:
+      try:
+        worker[1].send(None)
+      except OSError:
+        pass
+    for worker in self.idle:
+      self._stop(worker, kill=False)
+    for worker in self.busy:  # Interrupted (an error in the parent, --strict): nothing to wait for.
+      self._stop(worker, kill=True)
+    self.idle, self.busy = [], {}
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _run_workers(pending, workers: int, timeout_s: float, handle) -> None:
+  """Runs `pending` in worker processes (always, even one: see WorkerPool), calling `handle(i, result)` as
+  results arrive. Inputs start in order; results arrive in any order."""
   queue = list(reversed(pending))
-  while queue:
-    suspects = []
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as executor:
-      inflight = {}
-      try:
-        while queue or inflight:
-          while queue and len(inflight) < 2 * workers:
-            args = queue.pop()
-            inflight[executor.submit(_convert_indexed, args)] = args
-          done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-          for future in done:
-            result = future.result()  # BrokenProcessPool if a worker died.
-            inflight.pop(future)
-            handle(*result)
-      except BrokenProcessPool:
-        suspects = list(inflight.values())
-    for args in suspects:
-      try:
-        with ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init) as alone:
-          result = alone.submit(_convert_indexed, args).result()
-      except BrokenProcessPool:
-        result = (args[0], _crashed(args[1]))
-      handle(*result)
+  with WorkerPool(min(workers, len(pending)), timeout_s) as pool:
+    while queue or pool.busy:
+      while queue and pool.submit(queue[-1]):
+        queue.pop()
+      for result in pool.wait():
+        handle(*result)
 
 
 def ingest(input_path: str, output: str, *, labels_csv: str | None = None, options: Options = Options(),
            strict: bool = False, workers: int = 0, shard_clips: int = 256, split: str = "train",
-           progress: bool | None = None, convert=convert_job) -> dict:
+           progress: bool | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, convert=convert_job) -> dict:
   """Converts every input into shards of `split` under `output`; returns the manifest (also written).
 
   `convert(job, options) -> dict` turns one input into a record or a skip (`convert_job`); a replacement must
-  be a module-level function (it is pickled to worker processes).
+  be a module-level function (it is pickled to worker processes). Every input is converted in a worker
+  process (`WorkerPool`) under a limit of `timeout_s` seconds.
   """
   t0 = time.perf_counter()
   options.validate()
+  if not timeout_s > 0:
+    raise ValueError(f"timeout_s must be > 0, got {timeout_s}.")
   if shard_clips < 1:
     raise ValueError(f"shard_clips must be >= 1, got {shard_clips}.")
   jobs, vocabulary = read_inputs(input_path, labels_csv)
@@ -611,11 +725,8 @@ def ingest(input_path: str, output: str, *, labels_csv: str | None = None, optio
       finish_shard(k)
 
   try:
-    if workers <= 1 or len(pending) <= 1:
-      for args in pending:
-        handle(*_convert_indexed(args))
-    else:
-      _run_parallel(pending, workers, handle)
+    if pending:
+      _run_workers(pending, max(1, workers), timeout_s, handle)
   finally:
     bar.close()
 
@@ -645,6 +756,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--shard-clips", type=int, default=256, help="Inputs per shard.")
   p.add_argument("--split", default="train", help="Split name in the shard file names.")
   p.add_argument("--skip-silent", action="store_true", help="Skip silent clips (default: keep and count).")
+  p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
+                 help="Time limit per input, seconds: a decoder past it is killed and the input skipped as "
+                 "'timeout'.")
   p.add_argument("--quiet", action="store_true", help="No progress bar or per-skip warnings.")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
@@ -653,7 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     m = ingest(args.input, args.output, labels_csv=args.labels, options=options, strict=args.strict,
                workers=args.workers, shard_clips=args.shard_clips, split=args.split,
-               progress=False if args.quiet else None)
+               progress=False if args.quiet else None, timeout_s=args.timeout_s)
   except (IngestError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -1,4 +1,6 @@
 """Ingest of videos made by the tests themselves: skips and reasons, odd inputs, alignment, resume, CSV."""
+import functools
+import hashlib
 import io
 import json
 import os
@@ -152,7 +154,13 @@ def test_csv_spans_labels_vocabulary_and_unreadable(video_dir, tmp_path):
     ingest.ingest(str(csv_path), str(tmp_path / "o2"), labels_csv=str(vocab), progress=False)
 
 
-def test_resume_keeps_finished_shards(video_dir, tmp_path, monkeypatch):
+def convert_and_log(log_dir, job, options):
+  """convert_job that leaves a file in `log_dir` per input (workers are other processes: no monkeypatch)."""
+  open(os.path.join(log_dir, hashlib.sha1(job.path.encode()).hexdigest()), "w").close()
+  return ingest.convert_job(job, options)
+
+
+def test_resume_keeps_finished_shards(video_dir, tmp_path):
   src, expected = video_dir
   out = str(tmp_path / "out")
   first = ingest.ingest(src, out, workers=1, shard_clips=3, progress=False)
@@ -161,11 +169,11 @@ def test_resume_keeps_finished_shards(video_dir, tmp_path, monkeypatch):
   os.remove(shards[1])
   open(shards[1] + ".tmp-123", "wb").write(b"partial")
   before = {p: os.path.getmtime(p) for p in shards if p != shards[1]}
-  converted = []
-  real = ingest.convert_video
-  monkeypatch.setattr(ingest, "convert_video", lambda path, *a, **k: converted.append(path) or real(path, *a, **k))
-  second = ingest.ingest(src, out, workers=1, shard_clips=3, progress=False)
-  assert len(converted) == 3  # Only the missing shard's inputs were decoded again.
+  log_dir = tmp_path / "converted"
+  log_dir.mkdir()
+  second = ingest.ingest(src, out, workers=1, shard_clips=3, progress=False,
+                         convert=functools.partial(convert_and_log, str(log_dir)))
+  assert len(os.listdir(log_dir)) == 3  # Only the missing shard's inputs were decoded again.
   assert {p: os.path.getmtime(p) for p in before} == before
   for key in ("clips", "skipped", "silent", "total_duration_s", "shards"):
     assert first[key] == second[key]
@@ -209,7 +217,69 @@ def convert_or_die(job, options):
 def test_a_crashing_decoder_skips_only_its_input(video_dir, tmp_path):
   src, expected = video_dir
   m = ingest.ingest(src, str(tmp_path), workers=2, shard_clips=4, progress=False, convert=convert_or_die)
-  crashed = [s for s in m["skipped"] if "crashed" in s["detail"]]
-  assert [os.path.basename(s["path"]) for s in crashed] == ["good.mp4"] and crashed[0]["reason"] == "corrupt"
+  crashed = [s for s in m["skipped"] if s["reason"] == "crash"]
+  assert [os.path.basename(s["path"]) for s in crashed] == ["good.mp4"] and "died" in crashed[0]["detail"]
   assert m["clips"] == sum(r is None for r in expected.values()) - 1
   assert m["skipped_count"] == sum(r is not None for r in expected.values()) + 1
+
+
+def test_non_finite_audio_is_skipped_and_the_run_goes_on(video_dir, tmp_path):
+  from data_pipeline.synthetic_video import make_video
+  src, _ = video_dir
+  nan = make_video(str(tmp_path / "nan.mkv"), audio_codec="pcm_f32le", nan_at=[0.5])
+  csv_path = tmp_path / "list.csv"
+  csv_path.write_text(f"{src}/good.mp4\n{nan}\n{src}/stereo48k.mkv\n{nan},0.0,0.4\n")
+  out = str(tmp_path / "out")
+  # Through the CLI: before, the NaN reached schema.serialize outside the per-clip try and the run exited 2.
+  r = subprocess.run([sys.executable, "-m", "data_pipeline.ingest", "--input", str(csv_path), "--output", out,
+                      "--workers", "1", "--quiet"], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  m = json.load(open(os.path.join(out, "manifest.json")))
+  assert [(s["path"], s["reason"]) for s in m["skipped"]] == [(nan, "non_finite")]
+  assert "NaN or Inf" in m["skipped"][0]["detail"] and "0.500 s" in m["skipped"][0]["detail"]
+  # The same file's span before the NaN is a good clip; the good videos are intact.
+  clips = list(schema.read_clips(schema.list_shards(out, "train")))
+  assert [os.path.basename(c.video_id) for c in clips] == ["good.mp4", "stereo48k.mkv", "nan.mkv"]
+  assert all(np.isfinite(c.audio).all() for c in clips) and len(clips[2].audio) == 6400
+  one = ingest.convert_video(f"{src}/good.mp4", None, None, [], ingest.Options(), video_id=f"{src}/good.mp4")
+  np.testing.assert_array_equal(clips[0].audio, one.audio)
+  assert clips[0].frames == one.frames
+
+
+def test_a_crash_with_one_worker_and_one_input_left_skips_only_that_input(video_dir, tmp_path):
+  src, _ = video_dir
+  csv_path = tmp_path / "list.csv"
+  csv_path.write_text(f"{src}/stereo48k.mkv\n{src}/good.mp4\n{src}/audio8k.avi\n")
+  m = ingest.ingest(str(csv_path), str(tmp_path / "a"), workers=1, progress=False, convert=convert_or_die)
+  assert [(os.path.basename(s["path"]), s["reason"]) for s in m["skipped"]] == [("good.mp4", "crash")]
+  assert "exit code 11" in m["skipped"][0]["detail"]
+  assert m["clips"] == 2
+  # The one input left (a resume of a single missing input) also runs in a worker: the parent survives.
+  csv_path.write_text(f"{src}/good.mp4\n")
+  m = ingest.ingest(str(csv_path), str(tmp_path / "b"), workers=1, progress=False, convert=convert_or_die)
+  assert m["skipped_by_reason"] == {"crash": 1} and m["clips"] == 0
+
+
+def convert_or_hang(job, options):
+  """A convert function whose decoder never returns on one input."""
+  if os.path.basename(job.path) == "good.mp4":
+    import time
+    time.sleep(3600)
+  return ingest.convert_job(job, options)
+
+
+def test_a_hanging_decoder_is_killed_and_skipped_as_timeout(video_dir, tmp_path):
+  import time
+  src, _ = video_dir
+  csv_path = tmp_path / "list.csv"
+  csv_path.write_text(f"{src}/good.mp4\n{src}/stereo48k.mkv\n{src}/audio8k.avi\n{src}/vfr.mov\n")
+  t = time.monotonic()
+  m = ingest.ingest(str(csv_path), str(tmp_path / "out"), workers=2, progress=False, timeout_s=2.0,
+                    convert=convert_or_hang)
+  assert time.monotonic() - t < 30
+  assert [(os.path.basename(s["path"]), s["reason"]) for s in m["skipped"]] == [("good.mp4", "timeout")]
+  assert "2 s time limit" in m["skipped"][0]["detail"]
+  clips = list(schema.read_clips(schema.list_shards(str(tmp_path / "out"), "train")))
+  assert [os.path.basename(c.video_id) for c in clips] == ["stereo48k.mkv", "audio8k.avi", "vfr.mov"]
+  with pytest.raises(ValueError, match="timeout_s"):
+    ingest.ingest(str(csv_path), str(tmp_path / "o2"), timeout_s=0, progress=False)
