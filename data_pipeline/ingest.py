@@ -204,16 +204,20 @@ def _frame_to_jpeg(frame, size, quality):
   return buf.getvalue()
 
 
-def _decode_frames(container, stream, seek_s, min_start, end_s, fps, size, quality):
-  """Frames at `clip_start + k / fps`, k = 0, 1, ..., as JPEGs.
+def _decode_frames(container, stream, seek_s, min_start, end_s, fps, size, quality, emit_end=math.inf):
+  """Frames at `clip_start + k / fps`, k = 0, 1, ..., as JPEGs, none at or after `end_s` or `emit_end`.
 
   `clip_start` = max(min_start, time of the first decoded frame). Returns (jpegs, clip_start, video_end)
   where video_end is when the last frame stops being shown; ([], None, None) when no frame decodes.
+  `emit_end` (the audio's end: nothing after it can be in the clip) bounds the frames repeated over a
+  timestamp gap, so a crafted gap of years costs nothing; decoding still goes on to `end_s` (or the end),
+  which `video_end` and the truncation check need.
   """
   if seek_s:
     _seek(container, seek_s)
   default_dur = 1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / 25
   jpegs: list[bytes] = []
+  limit = min(math.inf if end_s is None else end_s, emit_end)
   prev = prev_jpeg = prev_time = clip_start = None
   last_dur = default_dur
   k = 0
@@ -236,7 +240,7 @@ def _decode_frames(container, stream, seek_s, min_start, end_s, fps, size, quali
     else:
       if t > prev_time:
         last_dur = t - prev_time
-      emit_until(t if end_s is None else min(t, end_s))
+      emit_until(min(t, limit))
     if end_s is not None and t >= end_s:
       break
     prev, prev_jpeg, prev_time = frame, None, t
@@ -244,7 +248,7 @@ def _decode_frames(container, stream, seek_s, min_start, end_s, fps, size, quali
     return [], None, None
   own = float(prev.duration * prev.time_base) if prev.duration and prev.time_base else 0.0
   video_end = prev_time + (own if own > 0 else last_dur)
-  emit_until(video_end if end_s is None else min(video_end, end_s))
+  emit_until(min(video_end, limit))
   return jpegs, clip_start, video_end
 
 
@@ -293,7 +297,8 @@ def convert_video(path: str, start_s: float | None, end_s: float | None, labels:
         vs = vcontainer.streams[vstream.index]
         vs.thread_type = "AUTO"
         jpegs, clip_start, video_end = _decode_frames(vcontainer, vs, start_s, min_start, end_s,
-                                                      options.fps, options.size, options.jpeg_quality)
+                                                      options.fps, options.size, options.jpeg_quality,
+                                                      emit_end=audio_end)
       if clip_start is None:
         return Skip(path, "zero_duration", "no video frames in the requested span")
       clip_end = min(audio_end, video_end, end_s if end_s is not None else math.inf)

@@ -26,7 +26,8 @@ def make_video(path: str, *, seconds: float = 1.0, fps: float = 25.0, width: int
                sample_rate: int = 16000, channels: int = 1, audio: bool = True, video: bool = True,
                silent: bool = False, flashes: Sequence[float] = (), clicks: Sequence[float] = (),
                flash_seconds: float = 0.25, vfr: bool = False, rotation: int = 0, halves: bool = False,
-               seed: int = 0, audio_codec: str | None = None, nan_at: Sequence[float] = ()) -> str:
+               seed: int = 0, audio_codec: str | None = None, nan_at: Sequence[float] = (),
+               gap_s: float = 0.0) -> str:
   """Writes a video file (container from the extension of `path`) and returns `path`.
 
   `flashes`/`clicks`: times (s) at which a white frame period / a click starts. `vfr`: frame durations
@@ -35,6 +36,7 @@ def make_video(path: str, *, seconds: float = 1.0, fps: float = 25.0, width: int
   store portrait video). `halves`: frames are red on the left half and blue on the right (no moving bar).
   `audio_codec`: instead of the container's default (e.g. "pcm_f32le", float samples stored as they are).
   `nan_at`: times (s) of audio samples set to NaN (a broken float source; needs a float PCM `audio_codec`).
+  `gap_s`: one more video frame, `gap_s` seconds after the last (a crafted timestamp gap; use .mkv).
   """
   ext = path[path.rfind("."):]
   vcodec, acodec = _CODECS[ext]
@@ -81,6 +83,11 @@ def make_video(path: str, *, seconds: float = 1.0, fps: float = 25.0, width: int
           dt *= 0.5 if i % 2 == 0 else 1.5
         t += dt
         i += 1
+      if gap_s:
+        frame = av.VideoFrame.from_ndarray(np.full([height, width, 3], 255, np.uint8), format="rgb24")
+        frame.pts, frame.time_base = int(round((t + gap_s) * 1000)), fractions.Fraction(1, 1000)
+        for p in vs.encode(frame):
+          out.mux(p)
       for p in vs.encode(None):
         out.mux(p)
     # Audio.

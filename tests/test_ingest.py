@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from data_pipeline import ingest, schema
+from data_pipeline.synthetic_video import make_video
 from tests.video_fixtures import EVENTS, GOOD, flash_click_video, video_dir  # noqa: F401  (fixtures)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +97,6 @@ def test_portrait_and_huge_frames_are_centre_cropped(video_dir):
 def test_rotated_phone_video_is_stored_upright(tmp_path):
   """Stored 64x32, red left half, display matrix "rotate 90 degrees counter-clockwise": shown as portrait with
   blue on top and red at the bottom (a phone held upright)."""
-  from data_pipeline.synthetic_video import make_video
   path = make_video(str(tmp_path / "rot.mp4"), width=64, height=32, rotation=90, halves=True)
   img = decode(ingest.convert_video(path, None, None, [], ingest.Options(size=16)).frames[0]).astype(float)
   np.testing.assert_allclose(img[:3].mean(axis=(0, 1)), [0, 0, 255], atol=20)
@@ -224,7 +225,6 @@ def test_a_crashing_decoder_skips_only_its_input(video_dir, tmp_path):
 
 
 def test_non_finite_audio_is_skipped_and_the_run_goes_on(video_dir, tmp_path):
-  from data_pipeline.synthetic_video import make_video
   src, _ = video_dir
   nan = make_video(str(tmp_path / "nan.mkv"), audio_codec="pcm_f32le", nan_at=[0.5])
   csv_path = tmp_path / "list.csv"
@@ -263,13 +263,11 @@ def test_a_crash_with_one_worker_and_one_input_left_skips_only_that_input(video_
 def convert_or_hang(job, options):
   """A convert function whose decoder never returns on one input."""
   if os.path.basename(job.path) == "good.mp4":
-    import time
     time.sleep(3600)
   return ingest.convert_job(job, options)
 
 
 def test_a_hanging_decoder_is_killed_and_skipped_as_timeout(video_dir, tmp_path):
-  import time
   src, _ = video_dir
   csv_path = tmp_path / "list.csv"
   csv_path.write_text(f"{src}/good.mp4\n{src}/stereo48k.mkv\n{src}/audio8k.avi\n{src}/vfr.mov\n")
@@ -283,3 +281,21 @@ def test_a_hanging_decoder_is_killed_and_skipped_as_timeout(video_dir, tmp_path)
   assert [os.path.basename(c.video_id) for c in clips] == ["stereo48k.mkv", "audio8k.avi", "vfr.mov"]
   with pytest.raises(ValueError, match="timeout_s"):
     ingest.ingest(str(csv_path), str(tmp_path / "o2"), timeout_s=0, progress=False)
+
+
+def test_a_timestamp_gap_is_capped_at_the_clips_true_span(video_dir, tmp_path):
+  """A frame 10^8 s after the others: before, every 0.1 s of the gap repeated the previous frame (10^9
+  JPEG references, hours of one worker); now frames stop at the audio's end, the clip is the 1 s overlap."""
+  src, _ = video_dir
+  gap = make_video(str(tmp_path / "gap.mkv"), gap_s=1e8)
+  csv_path = tmp_path / "list.csv"
+  csv_path.write_text(f"{gap}\n{src}/good.mp4\n")
+  t = time.monotonic()
+  m = ingest.ingest(str(csv_path), str(tmp_path / "out"), workers=1, progress=False, timeout_s=60)
+  assert time.monotonic() - t < 30
+  assert m["skipped"] == [] and m["clips"] == 2
+  clip, good = schema.read_clips(schema.list_shards(str(tmp_path / "out"), "train"))
+  assert abs(clip.duration_s - 1.0) < 0.1 and len(clip.frames) == int(np.ceil(clip.duration_s * 10 - 1e-6))
+  assert len(clip.audio) == round(clip.duration_s * 16000)
+  assert all(decode(f).mean() < 128 for f in clip.frames)  # The white frame after the gap is not in it.
+  assert os.path.basename(good.video_id) == "good.mp4" and abs(good.duration_s - 1.0) < 0.1
