@@ -2,6 +2,7 @@ r"""Video files to sharded TFRecords in the format of `data_pipeline.schema`.
 
     python -m data_pipeline.ingest --input DIR_OR_CSV --output DIR [--labels CSV] [--strict] [--workers N]
         [--sample-rate 16000] [--fps 10] [--size 64] [--shard-clips 256] [--split train] [--skip-silent]
+        [--max-clip-seconds 10] [--timeout-s 600]
 
 Input: a folder (searched recursively for common video extensions) or a CSV whose rows are
 `path[,start_s,end_s,labels]` (relative paths are relative to the CSV; empty start/end mean the whole file;
@@ -20,15 +21,25 @@ Per clip (`convert_video`, a pure function that the Beam pipeline reuses):
   `--size` (area interpolation), centre-cropped to a square `--size` x `--size` (portrait and landscape alike
   lose their long-side borders, nothing is stretched), and JPEG-encoded.
 - Span: the whole overlap of the audio and the video streams (or `start_s`..`end_s` within it); the first
-  frame and the first audio sample are at the same instant (see schema.py's alignment contract).
+  frame and the first audio sample are at the same instant (see schema.py's alignment contract). Frames
+  repeated over a timestamp gap stop at the audio's end, so a crafted gap cannot hold a worker.
+- Long spans: cut into consecutive clips of at most `--max-clip-seconds` (default 10 s, AudioSet's length),
+  cut at frame instants, each its own record with its own start time (`split_clip`); a tail under 1 ms is
+  dropped. A span past the end of an intact file (the video is shorter than the CSV says) gives a clip that
+  ends where the file does, listed under `cut_short` in the manifest.
 - Silent audio (peak below -60 dBFS) is valid input: it is written and counted as `silent` in the manifest
   (with its path), or skipped with reason `silent` under `--skip-silent`.
 
 Bad input never stops the run: each input is skipped with one of the reasons `unreadable` (missing or
 unreadable path), `corrupt` (not a decodable media file, or decoding failed), `truncated` (decoding stops well
-before the declared duration), `no_audio`, `no_video`, `unsupported_codec` (no decoder for a stream),
-`zero_duration` (an empty file, or nothing inside the requested span), `bad_range` (end before start);
-logged with path and reason and listed in `manifest.json`. `--strict` turns the first skip into an error.
+before the declared duration, or before the requested end where that comes first), `no_audio`, `no_video`,
+`unsupported_codec` (no decoder for a stream), `zero_duration` (an empty file, or nothing inside the
+requested span), `bad_range` (end before start, a negative, NaN or infinite time), `non_finite` (NaN or Inf
+audio samples), `oversize` (a clip's record would exceed MAX_RECORD_BYTES), `crash` (the decoder process
+died), `timeout` (the input took longer than `--timeout-s`, default 600 s; its process is killed), `silent`
+(under --skip-silent); logged with path and reason and listed in `manifest.json`. Every input is converted
+in a worker process (`WorkerPool`), also with `--workers 1`, so a decoder that crashes or hangs costs that
+input only. `--strict` turns the first skip into an error.
 
 Resume: inputs are assigned to shards in a fixed order; a shard is written to a temporary name and renamed,
 then a small record of its clips and skips is renamed into `OUTPUT/.ingest/`. Re-running the same command
@@ -64,6 +75,13 @@ STATE_DIR = ".ingest"
 # of video in about a minute on one core; ten minutes leaves room for slow disks and long files while a hung
 # decoder costs one worker ten minutes, not the run.
 DEFAULT_TIMEOUT_S = 600.0
+# A record above this is skipped (`oversize`): 10 s at the defaults is about 0.7 MB, and tf.data, protobuf
+# (2 GiB hard limit) and the shuffle buffer all suffer long before it. Only extreme --size/--fps/
+# --max-clip-seconds reach it.
+MAX_RECORD_BYTES = 256 << 20
+# Decoding may stop this much (or 10% of the span, if more) before the declared or requested end without
+# the input counting as truncated (encoder padding, rounded container durations).
+TRUNCATION_SLACK_S = 0.5
 
 log = logging.getLogger("data_pipeline.ingest")
 
@@ -76,10 +94,12 @@ class Options:
   size: int = 64  # Stored frames are size x size px.
   jpeg_quality: int = 90  # JPEG quality of stored frames.
   skip_silent: bool = False  # Skip silent clips instead of writing them.
+  max_clip_seconds: float = 10.0  # Longer spans are cut into clips of at most this length (AudioSet's 10 s).
 
   def validate(self):
     checks = [("sample_rate", self.sample_rate, 1000, 192000), ("fps", self.fps, 0.1, 120.0),
-              ("size", self.size, 8, 1024), ("jpeg_quality", self.jpeg_quality, 1, 100)]
+              ("size", self.size, 8, 1024), ("jpeg_quality", self.jpeg_quality, 1, 100),
+              ("max_clip_seconds", self.max_clip_seconds, 0.1, 86400.0)]
     for name, value, lo, hi in checks:
       if not lo <= value <= hi:
         raise ValueError(f"Option {name}={value} is out of range [{lo}, {hi}].")
@@ -266,6 +286,9 @@ def convert_video(path: str, start_s: float | None, end_s: float | None, labels:
   """
   import av
   video_id = video_id or path
+  for name, value in (("start", start_s), ("end", end_s)):
+    if value is not None and not math.isfinite(value):
+      return Skip(path, "bad_range", f"{name} time {value} is not a finite number of seconds")
   if start_s is not None and end_s is not None and end_s < start_s:
     return Skip(path, "bad_range", f"end {end_s} s is before start {start_s} s")
   if (start_s is not None and start_s < 0) or (end_s is not None and end_s < 0):
@@ -307,11 +330,16 @@ def convert_video(path: str, start_s: float | None, end_s: float | None, labels:
         return Skip(path, "zero_duration", f"audio and video overlap for {max(duration, 0):.3f} s in the "
                     "requested span")
       declared = container.duration / 1e6 if container.duration else None
-      if declared is not None and end_s is None:
+      if declared is not None:
+        # Decoding must reach the declared end, or the requested end where that comes first: a file cut
+        # short (a failed download) is `truncated` whether or not the CSV gives a span. A span past the
+        # declared end (the video is shorter than the list says) is not damage: the clip ends where the
+        # file does, and convert_job counts it as `cut_short`.
+        expected_end = declared if end_s is None else min(declared, end_s)
         decoded_end = max(audio_end, video_end)
-        if decoded_end < declared - max(0.5, 0.1 * declared):
+        if decoded_end < expected_end - max(TRUNCATION_SLACK_S, 0.1 * (expected_end - (start_s or 0.0))):
           return Skip(path, "truncated", f"decoding stops at {decoded_end:.2f} s of a declared "
-                      f"{declared:.2f} s")
+                      f"{declared:.2f} s" + ("" if end_s is None else f" (span ends at {end_s:.2f} s)"))
   except av.error.DecoderNotFoundError as e:
     return Skip(path, "unsupported_codec", str(e))
   except (av.FFmpegError, ValueError, RuntimeError, EOFError) as e:
@@ -400,10 +428,16 @@ def read_inputs(input_path: str, labels_csv: str | None = None) -> tuple[list[Jo
     jobs = [Job(path=os.path.abspath(p), video_id=os.path.relpath(p, input_path)) for p in paths]
     rows_labels = [[] for _ in jobs]
   elif os.path.isfile(input_path):
+    if input_path.lower().endswith(VIDEO_EXTENSIONS):
+      raise IngestError(f"--input {input_path!r} is a video file; give its folder or a CSV that lists it.")
     base = os.path.dirname(os.path.abspath(input_path))
     jobs, rows_labels = [], []
     with open(input_path, newline="", encoding="utf-8") as f:
-      for line, row in enumerate(csv.reader(f), start=1):
+      try:
+        rows = list(csv.reader(f))
+      except (UnicodeDecodeError, csv.Error) as e:
+        raise IngestError(f"--input {input_path!r} is not a UTF-8 CSV file ({e}).") from None
+      for line, row in enumerate(rows, start=1):
         if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
           continue
         if line == 1 and row[0].strip().lower() == "path":
@@ -442,16 +476,71 @@ def read_inputs(input_path: str, labels_csv: str | None = None) -> tuple[list[Jo
 # ----------------------------------------------------------------------------------------------------------
 # Shards, per-shard state and the manifest (reused by the Beam pipeline).
 
+def split_clip(clip: schema.Clip, max_seconds: float) -> list[schema.Clip]:
+  """Cuts a clip longer than `max_seconds` into consecutive clips of at most that length.
+
+  Every cut is at a frame instant (a whole number of frames per clip, `floor(max_seconds * fps)`), so each
+  piece keeps the alignment contract: its first frame and first sample are at its own `start_us`. Frames
+  and samples are taken, not re-decoded: piece i holds frames [i * n, i * n + its count) and samples from
+  `round(i * n / fps * sample_rate)`. A tail under 1 ms is dropped (at most one repeated frame).
+  """
+  duration = clip.duration_s
+  if duration <= max_seconds + 1e-6:
+    return [clip]
+  per = max(1, math.floor(max_seconds * clip.fps + 1e-6))
+  step = per / clip.fps
+  pieces = []
+  for i in range(math.ceil((duration - 1e-3) / step)):
+    start_us = clip.start_us + int(round(i * step * 1e6))
+    end_us = min(clip.start_us + int(round((i + 1) * step * 1e6)), clip.end_us)
+    seconds = (end_us - start_us) / 1e6
+    n_frames = max(1, math.ceil(seconds * clip.fps - 1e-6))
+    first = int(round(i * step * clip.sample_rate))
+    n_samples = int(round(seconds * clip.sample_rate))
+    audio = clip.audio[first:first + n_samples]
+    if audio.size < n_samples:  # Rounding at the very end.
+      audio = np.pad(audio, [0, n_samples - audio.size])
+    pieces.append(dataclasses.replace(clip, audio=audio, frames=clip.frames[i * per:i * per + n_frames],
+                                      start_us=start_us, end_us=end_us))
+  return pieces
+
+
+def _record_bytes(clip: schema.Clip) -> int:
+  """The serialized size of `clip`, closely enough for the oversize guard, without serialising it."""
+  return 4 * clip.audio.size + sum(len(f) + 8 for f in clip.frames) + 1024
+
+
 def convert_job(job: Job, options: Options) -> dict:
-  """Worker entry: one Job -> a picklable result with the serialized record or the skip."""
+  """Worker entry: one Job -> a picklable result, its serialized records or its skip.
+
+  Result keys: `path`, `seconds` (conversion time), and either `skip` (a Skip as a dict) or `records`
+  (serialized clips in time order, the span cut by `split_clip`), `duration_s` (their total), `silent_clips`
+  (how many are silent), `silent_dropped` (silent clips left out under --skip-silent) and `cut_short`
+  (a reason string when the span ran past the end of the file, else None).
+  """
   t = time.perf_counter()
   out = {"path": job.path}
   try:
     result = convert_video(job.path, job.start_s, job.end_s, job.label_index, options, video_id=job.video_id,
                            label_strings=job.labels)
     if not isinstance(result, Skip):
-      # Serialising is inside the try: a record that schema refuses is one bad input, not a stopped run.
-      out.update(record=schema.serialize(result), duration_s=result.duration_s, silent=is_silent(result.audio))
+      pieces = split_clip(result, options.max_clip_seconds)
+      silent = [is_silent(c.audio) for c in pieces]
+      if options.skip_silent:  # The whole span was not silent (convert_video), some pieces may be.
+        pieces = [c for c, quiet in zip(pieces, silent) if not quiet]
+      size = max(_record_bytes(c) for c in pieces)
+      if size > MAX_RECORD_BYTES:
+        result = Skip(job.path, "oversize", f"a {pieces[0].duration_s:.1f} s clip would make a "
+                      f"{size / 2**20:.0f} MiB record (limit {MAX_RECORD_BYTES / 2**20:.0f} MiB); lower "
+                      "--max-clip-seconds, --size or --fps")
+      else:
+        cut_short = None
+        if job.end_s is not None and job.end_s - result.end_us / 1e6 > TRUNCATION_SLACK_S:
+          cut_short = f"span ends at {job.end_s:.2f} s, the file at {result.end_us / 1e6:.2f} s"
+        # Serialising is inside the try: a record that schema refuses is one bad input, not a stopped run.
+        out.update(records=[schema.serialize(c) for c in pieces], duration_s=sum(c.duration_s for c in pieces),
+                   silent_clips=0 if options.skip_silent else sum(silent),
+                   silent_dropped=len(silent) - len(pieces), cut_short=cut_short)
   except Exception as e:  # pylint: disable=broad-except
     # Anything unforeseen in a decoder is still one bad input, not a crashed run.
     result = Skip(job.path, "corrupt", f"{type(e).__name__}: {e}")
@@ -461,17 +550,27 @@ def convert_job(job: Job, options: Options) -> dict:
   return out
 
 
+def shard_records(results: Iterable[dict]) -> list[bytes]:
+  """The records of one shard's `convert_job` results, given in input order."""
+  return [record for r in results for record in r.get("records", ())]
+
+
 def shard_summary(results: Iterable[dict]) -> dict:
   """Per-shard bookkeeping from `convert_job` results (records excluded)."""
-  s = {"clips": 0, "duration_s": 0.0, "silent": [], "skipped": []}
+  s = {"clips": 0, "duration_s": 0.0, "silent": [], "silent_clips": 0, "silent_dropped": 0, "cut_short": [],
+       "skipped": []}
   for r in results:
     if "skip" in r:
       s["skipped"].append(r["skip"])
-    else:
-      s["clips"] += 1
-      s["duration_s"] += r["duration_s"]
-      if r["silent"]:
-        s["silent"].append(r["path"])
+      continue
+    s["clips"] += len(r["records"])
+    s["duration_s"] += r["duration_s"]
+    s["silent_clips"] += r["silent_clips"]
+    s["silent_dropped"] += r["silent_dropped"]
+    if r["silent_clips"]:
+      s["silent"].append(r["path"])
+    if r["cut_short"]:
+      s["cut_short"].append({"path": r["path"], "detail": r["cut_short"]})
   return s
 
 
@@ -489,14 +588,19 @@ def build_manifest(summaries: Sequence[dict], *, num_inputs: int, options: Optio
   for s in skipped:
     counts[s["reason"]] += 1
   silent = [p for summary in summaries for p in summary["silent"]]
+  cut_short = [c for summary in summaries for c in summary.get("cut_short", [])]
   return {
       "format_version": schema.FORMAT_VERSION,
       "split": split,
       "inputs": num_inputs,
       "clips": sum(s["clips"] for s in summaries),
       "total_duration_s": round(sum(s["duration_s"] for s in summaries), 3),
-      "silent_clips": len(silent),
+      # .get: summaries of shards written before clips were cut (one clip per input) lack these keys.
+      "silent_clips": sum(summary.get("silent_clips", len(summary["silent"])) for summary in summaries),
       "silent": silent,
+      "silent_clips_dropped": sum(summary.get("silent_dropped", 0) for summary in summaries),
+      "cut_short_count": len(cut_short),
+      "cut_short": cut_short,
       "skipped_count": len(skipped),
       "skipped_by_reason": {k: v for k, v in counts.items() if v},
       "skipped": skipped,
@@ -714,7 +818,7 @@ def ingest(input_path: str, output: str, *, labels_csv: str | None = None, optio
   def finish_shard(k):
     shard = buffers.pop(k)
     results = [shard[i] for i in sorted(shard)]
-    schema.write_records(shard_paths[k], [r["record"] for r in results if "record" in r])
+    schema.write_records(shard_paths[k], shard_records(results))
     _write_json_atomic(summary_paths[k], shard_summary(results))
 
   def handle(i, result):
@@ -761,6 +865,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--shard-clips", type=int, default=256, help="Inputs per shard.")
   p.add_argument("--split", default="train", help="Split name in the shard file names.")
   p.add_argument("--skip-silent", action="store_true", help="Skip silent clips (default: keep and count).")
+  p.add_argument("--max-clip-seconds", type=float, default=10.0,
+                 help="Cut longer videos (or spans) into clips of at most this many seconds, one record each.")
   p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
                  help="Time limit per input, seconds: a decoder past it is killed and the input skipped as "
                  "'timeout'.")
@@ -768,7 +874,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
   options = Options(sample_rate=args.sample_rate, fps=args.fps, size=args.size, jpeg_quality=args.jpeg_quality,
-                    skip_silent=args.skip_silent)
+                    skip_silent=args.skip_silent, max_clip_seconds=args.max_clip_seconds)
   try:
     m = ingest(args.input, args.output, labels_csv=args.labels, options=options, strict=args.strict,
                workers=args.workers, shard_clips=args.shard_clips, split=args.split,

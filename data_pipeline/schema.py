@@ -5,7 +5,10 @@ consumer reads through `parse` (numpy) or `parse_tf` (tf.data), so the format li
 
 Context (per clip):
   `video_id`                 bytes     source id (file path relative to the ingest input, or generator id).
-  `clip/start/timestamp`     int64     start of the clip in the source, microseconds.
+                                       Not unique: a source longer than ingest's --max-clip-seconds is cut
+                                       into consecutive clips, one record each, with the same `video_id`.
+  `clip/start/timestamp`     int64     start of the clip in the source, microseconds (with `video_id`, what
+                                       tells the clips of one source apart).
   `clip/end/timestamp`       int64     end of the clip in the source, microseconds.
   `clip/label/index`         int64[k]  label indices (empty list: unlabelled).
   `clip/label/string`        bytes[k]  label names, parallel to `clip/label/index`.

@@ -206,6 +206,11 @@ def test_cli_help_and_run(video_dir, tmp_path):
                       str(tmp_path / "o"), "--workers", "1", "--quiet", "--strict"], cwd=ROOT,
                      capture_output=True, text=True)
   assert r.returncode == 2 and "no_audio" in r.stderr
+  # A video (or any binary file) given as --input is named in a clear error, not a codec traceback.
+  (tmp_path / "binary.csv").write_bytes(b"\xb9\x00\xff" * 10)
+  for path, words in ((f"{src}/good.mp4", "is a video file"), (str(tmp_path / "binary.csv"), "not a UTF-8 CSV")):
+    with pytest.raises(ingest.IngestError, match=words):
+      ingest.read_inputs(path)
 
 
 def convert_or_die(job, options):
@@ -299,3 +304,66 @@ def test_a_timestamp_gap_is_capped_at_the_clips_true_span(video_dir, tmp_path):
   assert len(clip.audio) == round(clip.duration_s * 16000)
   assert all(decode(f).mean() < 128 for f in clip.frames)  # The white frame after the gap is not in it.
   assert os.path.basename(good.video_id) == "good.mp4" and abs(good.duration_s - 1.0) < 0.1
+
+
+def test_long_video_is_cut_into_aligned_clips(flash_click_video, tmp_path):
+  """4 s cut at 1.5 s: three records of one source whose frames and samples are the whole clip's, in order,
+  each starting at its own start time (so each keeps the alignment contract)."""
+  whole = ingest.convert_video(flash_click_video, None, None, [], ingest.Options())
+  pieces = ingest.split_clip(whole, 1.5)
+  assert [(c.start_us, c.end_us) for c in pieces] == [
+      (whole.start_us, whole.start_us + 1_500_000), (whole.start_us + 1_500_000, whole.start_us + 3_000_000),
+      (whole.start_us + 3_000_000, whole.end_us)]
+  assert sum(len(c.frames) for c in pieces) == len(whole.frames)
+  assert b"".join(f for c in pieces for f in c.frames) == b"".join(whole.frames)
+  np.testing.assert_array_equal(np.concatenate([c.audio for c in pieces]), whole.audio)
+  for c in pieces:
+    assert len(c.frames) == int(np.ceil(c.duration_s * 10 - 1e-6)) and len(c.audio) == round(c.duration_s * 16000)
+  # Cuts fall on frame instants: at 3 fps a 1.5 s limit gives 4-frame (1.333 s) clips.
+  assert [c.duration_s for c in ingest.split_clip(ingest.convert_video(
+      flash_click_video, None, None, [], ingest.Options(fps=3)), 1.5)][:2] == [1.333333, 1.333334]
+  # Through the CLI, the default limit of 10 s: a 12 s video is two records.
+  (tmp_path / "in").mkdir()
+  long = make_video(str(tmp_path / "in" / "long.mp4"), seconds=12.0, fps=10)
+  out = str(tmp_path / "out")
+  r = subprocess.run([sys.executable, "-m", "data_pipeline.ingest", "--input", str(tmp_path / "in"), "--output", out,
+                      "--workers", "1", "--quiet"], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  m = json.load(open(os.path.join(out, "manifest.json")))
+  assert m["inputs"] == 1 and m["clips"] == 2 and m["options"]["max_clip_seconds"] == 10.0
+  clips = list(schema.read_clips(schema.list_shards(out, "train")))
+  assert [c.video_id for c in clips] == [os.path.basename(long)] * 2
+  assert [(c.start_us, c.end_us) for c in clips] == [(0, 10_000_000), (10_000_000, 12_000_000)]
+  assert [len(c.frames) for c in clips] == [100, 20] and [len(c.audio) for c in clips] == [160000, 32000]
+
+
+def test_oversize_record_is_skipped(video_dir, monkeypatch):
+  src, _ = video_dir
+  job = ingest.Job(path=os.path.join(src, "good.mp4"), video_id="good.mp4")
+  assert "records" in ingest.convert_job(job, ingest.Options())
+  monkeypatch.setattr(ingest, "MAX_RECORD_BYTES", 10_000)  # In process: convert_job is what workers run.
+  r = ingest.convert_job(job, ingest.Options())
+  assert r["skip"]["reason"] == "oversize" and "--max-clip-seconds" in r["skip"]["detail"]
+
+
+def test_span_past_a_truncated_end_and_past_a_short_file(video_dir, tmp_path):
+  src, _ = video_dir
+  csv_path = tmp_path / "list.csv"
+  csv_path.write_text(
+      f"{src}/truncated.mkv,1.0,2.5\n"  # Declared 3 s, decodes to about 1.5 s: the span is cut by damage.
+      f"{src}/truncated.mkv,0.2,0.8\n"  # Inside the part that decodes: a good clip.
+      f"{src}/good.mp4,0.5,3.0\n"  # The file (1 s, intact) is shorter than the span: cut at its end, counted.
+      f"{src}/good.mp4,nan,0.5\n"
+      f"{src}/good.mp4,0.0,inf\n")
+  out = str(tmp_path / "out")
+  m = ingest.ingest(str(csv_path), out, workers=1, progress=False)
+  assert [(os.path.basename(s["path"]), s["reason"]) for s in m["skipped"]] == [
+      ("truncated.mkv", "truncated"), ("good.mp4", "bad_range"), ("good.mp4", "bad_range")]
+  assert "span ends at 2.50 s" in m["skipped"][0]["detail"]
+  assert "start time nan is not a finite" in m["skipped"][1]["detail"]
+  assert "end time inf is not a finite" in m["skipped"][2]["detail"]
+  assert m["cut_short_count"] == 1 and m["cut_short"][0]["path"].endswith("good.mp4")
+  assert "span ends at 3.00 s" in m["cut_short"][0]["detail"]
+  part, short = schema.read_clips(schema.list_shards(out, "train"))
+  assert (part.start_us, part.end_us) == (200_000, 800_000) and len(part.frames) == 6
+  assert short.start_us == 500_000 and abs(short.end_us - 1_000_000) < 50_000
