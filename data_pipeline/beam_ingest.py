@@ -127,6 +127,7 @@ def make_plan(input_path: str, output: str, *, labels_csv: str | None, options: 
               shard_clips: int, split: str) -> Plan:
   """Reads the inputs, checks or writes the resume fingerprint, writes labels.csv and the job list."""
   options.validate()
+  ingest.check_split(split)
   if shard_clips < 1:
     raise ValueError(f"shard_clips must be >= 1, got {shard_clips}.")
   jobs, vocabulary = ingest.read_inputs(input_path, labels_csv)

@@ -52,6 +52,7 @@ import argparse
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
@@ -574,11 +575,26 @@ def shard_summary(results: Iterable[dict]) -> dict:
   return s
 
 
-def _write_json_atomic(path: str, obj) -> None:
+def _write_atomic(path: str, text: str) -> None:
+  """Writes `text` to a temporary name, fsyncs it and renames it to `path` (schema.replace_durably)."""
   tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+  with open(tmp, "w", encoding="utf-8", newline="") as f:
+    f.write(text)
+  schema.replace_durably(tmp, path)
+
+
+def _write_json_atomic(path: str, obj) -> None:
+  _write_atomic(path, json.dumps(obj, indent=1))
+
+
+def check_split(split: str) -> str:
+  """`split` if it is a plain name; it becomes part of file names inside the output folder, so a path
+  separator or `..` (`--split ../x`) would write elsewhere."""
+  if not split or split in (".", "..") or "/" in split or "\\" in split or ".." in split or \
+      split != split.strip() or split.startswith("."):
+    raise IngestError(f"--split {split!r} is not a plain name (no path separator, '..', leading dot or "
+                      "surrounding spaces): it names files inside the output folder.")
+  return split
 
 
 def build_manifest(summaries: Sequence[dict], *, num_inputs: int, options: Options, split: str,
@@ -781,6 +797,7 @@ def ingest(input_path: str, output: str, *, labels_csv: str | None = None, optio
   """
   t0 = time.perf_counter()
   options.validate()
+  check_split(split)
   if not timeout_s > 0:
     raise ValueError(f"timeout_s must be > 0, got {timeout_s}.")
   if shard_clips < 1:
@@ -799,8 +816,9 @@ def ingest(input_path: str, output: str, *, labels_csv: str | None = None, optio
                         "use a new --output folder or delete that one.")
   else:
     _write_json_atomic(plan_path, {"fingerprint": fingerprint, "inputs": len(jobs), "shards": num_shards})
-  with open(os.path.join(output, "labels.csv"), "w", encoding="utf-8", newline="") as f:
-    csv.writer(f).writerows([i, name] for i, name in enumerate(vocabulary))
+  labels = io.StringIO()
+  csv.writer(labels).writerows([i, name] for i, name in enumerate(vocabulary))
+  _write_atomic(os.path.join(output, "labels.csv"), labels.getvalue())
 
   shard_paths = [os.path.join(output, schema.shard_name(split, k, num_shards)) for k in range(num_shards)]
   summary_paths = [os.path.join(state, f"{split}-{k:05d}.json") for k in range(num_shards)]

@@ -367,3 +367,32 @@ def test_span_past_a_truncated_end_and_past_a_short_file(video_dir, tmp_path):
   part, short = schema.read_clips(schema.list_shards(out, "train"))
   assert (part.start_us, part.end_us) == (200_000, 800_000) and len(part.frames) == 6
   assert short.start_us == 500_000 and abs(short.end_us - 1_000_000) < 50_000
+
+
+def test_split_with_a_path_is_refused_up_front(video_dir, tmp_path):
+  src, _ = video_dir
+  out = tmp_path / "out"
+  for split in ("../x", "a/b", "..", "", ".hidden", "a\\b"):
+    with pytest.raises(ingest.IngestError, match="not a plain name"):
+      ingest.ingest(src, str(out), split=split, progress=False)
+  assert not os.listdir(tmp_path)  # Refused before anything is written.
+  r = subprocess.run([sys.executable, "-m", "data_pipeline.ingest", "--input", src, "--output", str(out),
+                      "--split", "../x", "--quiet"], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 2 and "--split '../x' is not a plain name" in r.stderr
+  assert not os.listdir(tmp_path)
+
+
+def test_files_are_fsynced_before_rename(video_dir, tmp_path, monkeypatch):
+  src, _ = video_dir
+  synced, order = [], []
+  real_fsync, real_replace = os.fsync, os.replace
+  monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+  monkeypatch.setattr(os, "replace", lambda a, b: order.append((a, b, list(synced))) or real_replace(a, b))
+  csv_path = tmp_path / "list.csv"
+  csv_path.write_text(f"{src}/good.mp4\n")
+  ingest.ingest(str(csv_path), str(tmp_path / "out"), workers=1, progress=False)
+  renamed = {os.path.basename(b) for _, b, _ in order}
+  assert {"manifest.json", "labels.csv", "plan.json", "train-00000.json", "train-00000-of-00001.tfrecord"} <= renamed
+  for tmp, final, synced_before in order:
+    assert tmp in synced_before, f"{final} renamed before its data was fsynced"
+  assert str(tmp_path / "out") in synced  # And the folder, so the renames themselves are on disk.
