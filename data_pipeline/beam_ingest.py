@@ -201,7 +201,7 @@ def write_shard(shard: int, items, *, plan: Plan, shard_clips: int) -> int:
   expected = min(plan.num_inputs, (shard + 1) * shard_clips) - shard * shard_clips
   if len(results) != expected:  # A lost or duplicated element would otherwise go unnoticed.
     raise RuntimeError(f"shard {shard}: got {len(results)} results for {expected} inputs")
-  write_tfrecords(plan.shard_paths[shard], ingest.shard_records(results))
+  write_tfrecords(plan.shard_paths[shard], list(ingest.shard_records(results)))
   _write_json(plan.summary_paths[shard], ingest.shard_summary(results))
   return shard
 

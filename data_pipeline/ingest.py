@@ -58,9 +58,10 @@ import logging
 import math
 import multiprocessing
 import os
+import struct
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -83,6 +84,10 @@ MAX_RECORD_BYTES = 256 << 20
 # Decoding may stop this much (or 10% of the span, if more) before the declared or requested end without
 # the input counting as truncated (encoder padding, rounded container durations).
 TRUNCATION_SLACK_S = 0.5
+# An input whose records exceed this waits for the rest of its shard on disk (OUTPUT/.ingest/spool/), not in
+# memory: a shard of 256 hour-long videos would otherwise hold about 60 GB in the parent. Ten-second clips
+# (about 0.7 MB) stay in memory.
+SPOOL_BYTES = 2 << 20
 
 log = logging.getLogger("data_pipeline.ingest")
 
@@ -515,7 +520,8 @@ def convert_job(job: Job, options: Options) -> dict:
   """Worker entry: one Job -> a picklable result, its serialized records or its skip.
 
   Result keys: `path`, `seconds` (conversion time), and either `skip` (a Skip as a dict) or `records`
-  (serialized clips in time order, the span cut by `split_clip`), `duration_s` (their total), `silent_clips`
+  (serialized clips in time order, the span cut by `split_clip`), `clips` (how many), `duration_s` (their
+  total), `silent_clips`
   (how many are silent), `silent_dropped` (silent clips left out under --skip-silent) and `cut_short`
   (a reason string when the span ran past the end of the file, else None).
   """
@@ -539,7 +545,8 @@ def convert_job(job: Job, options: Options) -> dict:
         if job.end_s is not None and job.end_s - result.end_us / 1e6 > TRUNCATION_SLACK_S:
           cut_short = f"span ends at {job.end_s:.2f} s, the file at {result.end_us / 1e6:.2f} s"
         # Serialising is inside the try: a record that schema refuses is one bad input, not a stopped run.
-        out.update(records=[schema.serialize(c) for c in pieces], duration_s=sum(c.duration_s for c in pieces),
+        records = [schema.serialize(c) for c in pieces]
+        out.update(records=records, clips=len(records), duration_s=sum(c.duration_s for c in pieces),
                    silent_clips=0 if options.skip_silent else sum(silent),
                    silent_dropped=len(silent) - len(pieces), cut_short=cut_short)
   except Exception as e:  # pylint: disable=broad-except
@@ -551,9 +558,28 @@ def convert_job(job: Job, options: Options) -> dict:
   return out
 
 
-def shard_records(results: Iterable[dict]) -> list[bytes]:
-  """The records of one shard's `convert_job` results, given in input order."""
-  return [record for r in results for record in r.get("records", ())]
+def shard_records(results: Iterable[dict]) -> Iterator[bytes]:
+  """The records of one shard's `convert_job` results, given in input order (spooled ones read back)."""
+  for r in results:
+    if "spool" in r:
+      yield from _read_spool(r["spool"])
+    else:
+      yield from r.get("records", ())
+
+
+def _spool(path: str, records: Sequence[bytes]) -> None:
+  """Records -> a file of (u64 little-endian length, bytes) frames; read back by `_read_spool`."""
+  with open(path, "wb") as f:
+    for r in records:
+      f.write(struct.pack("<Q", len(r)))
+      f.write(r)
+
+
+def _read_spool(path: str) -> Iterator[bytes]:
+  with open(path, "rb") as f:
+    while header := f.read(8):
+      (n,) = struct.unpack("<Q", header)
+      yield f.read(n)
 
 
 def shard_summary(results: Iterable[dict]) -> dict:
@@ -564,7 +590,7 @@ def shard_summary(results: Iterable[dict]) -> dict:
     if "skip" in r:
       s["skipped"].append(r["skip"])
       continue
-    s["clips"] += len(r["records"])
+    s["clips"] += r["clips"]
     s["duration_s"] += r["duration_s"]
     s["silent_clips"] += r["silent_clips"]
     s["silent_dropped"] += r["silent_dropped"]
@@ -833,11 +859,20 @@ def ingest(input_path: str, output: str, *, labels_csv: str | None = None, optio
              disable=(not progress) if progress is not None else None)
   buffers: dict[int, dict[int, dict]] = {}
 
+  spool_dir = os.path.join(state, "spool")
+  if os.path.isdir(spool_dir):  # Left by an interrupted run; those inputs are converted again.
+    for name in os.listdir(spool_dir):
+      if name.startswith(f"{split}-"):
+        os.remove(os.path.join(spool_dir, name))
+
   def finish_shard(k):
     shard = buffers.pop(k)
     results = [shard[i] for i in sorted(shard)]
     schema.write_records(shard_paths[k], shard_records(results))
     _write_json_atomic(summary_paths[k], shard_summary(results))
+    for r in results:
+      if "spool" in r:
+        os.remove(r["spool"])
 
   def handle(i, result):
     if "skip" in result:
@@ -845,6 +880,11 @@ def ingest(input_path: str, output: str, *, labels_csv: str | None = None, optio
       log.warning("Skipped %s: %s (%s)", s["path"], s["reason"], s["detail"])
       if strict:
         raise IngestError(f"--strict: {s['path']}: {s['reason']} ({s['detail']})")
+    if sum(len(r) for r in result.get("records", ())) > SPOOL_BYTES:
+      os.makedirs(spool_dir, exist_ok=True)
+      path = os.path.join(spool_dir, f"{split}-{i:09d}.rec")
+      _spool(path, result["records"])
+      result = {**result, "records": [], "spool": path}
     k = i // shard_clips
     buffers.setdefault(k, {})[i] = result
     bar.update(1)

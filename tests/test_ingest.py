@@ -396,3 +396,16 @@ def test_files_are_fsynced_before_rename(video_dir, tmp_path, monkeypatch):
   for tmp, final, synced_before in order:
     assert tmp in synced_before, f"{final} renamed before its data was fsynced"
   assert str(tmp_path / "out") in synced  # And the folder, so the renames themselves are on disk.
+
+
+def test_large_results_wait_on_disk_and_give_the_same_shards(video_dir, tmp_path, monkeypatch):
+  src, _ = video_dir
+  csv_path = tmp_path / "list.csv"
+  csv_path.write_text(f"{src}/good.mp4\n{src}/no_audio.mp4\n{src}/stereo48k.mkv\n")
+  ingest.ingest(str(csv_path), str(tmp_path / "memory"), workers=1, progress=False)
+  monkeypatch.setattr(ingest, "SPOOL_BYTES", 0)  # The parent spools: every result goes to disk.
+  ingest.ingest(str(csv_path), str(tmp_path / "spooled"), workers=1, progress=False)
+  shards = [schema.list_shards(str(tmp_path / d), "train") for d in ("memory", "spooled")]
+  assert [open(p, "rb").read() for p in shards[0]] == [open(p, "rb").read() for p in shards[1]]
+  assert sum(schema.count_records(p) for p in shards[1]) == 2
+  assert os.listdir(tmp_path / "spooled" / ".ingest" / "spool") == []  # Removed once in their shard.
