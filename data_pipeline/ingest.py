@@ -672,8 +672,10 @@ def _convert_indexed(args):
 
 
 def _worker_main(conn) -> None:
-  """A decoder process: receives (i, job, options, convert) tuples, sends back (i, result); None stops it."""
+  """A decoder process: says "ready", then receives (i, job, options, convert) tuples and sends back
+  (i, result); None stops it."""
   _worker_init()
+  conn.send("ready")
   while True:
     try:
       args = conn.recv()
@@ -689,13 +691,10 @@ def _failed(job: Job, reason: str, detail: str) -> dict:
 
 
 def _mp_context():
-  # forkserver: a restarted worker forks from a small server that imported this module once (milliseconds),
-  # never from the parent, which may have imported TensorFlow (the shard writer) and must not be forked.
-  # spawn where forkserver does not exist (macOS still has it; Windows does not).
-  if "forkserver" in multiprocessing.get_all_start_methods():
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["data_pipeline.ingest"])
-    return ctx
+  # spawn: never fork the parent, which may have imported TensorFlow (the shard writer). A worker starts in
+  # about 0.3 s and is long-lived: only a crash or a timeout starts another. Not forkserver: Python 3.11's
+  # forkserver ignores the parent's sys.path, so its workers could import another copy of avcl than the
+  # parent's (an editable install, a script that edits sys.path).
   return multiprocessing.get_context("spawn")
 
 
@@ -708,18 +707,40 @@ class WorkerPool:
   whole and cannot kill one stuck task). Used by `ingest` (any --workers) and by the Beam pipeline.
   """
 
+  STARTUP_TIMEOUT_S = 120.0
+
   def __init__(self, workers: int, timeout_s: float):
     self.ctx = _mp_context()
     self.timeout_s = timeout_s
-    self.idle = [self._start() for _ in range(max(1, workers))]
-    self.busy: dict = {}  # worker -> (args, deadline)
+    self.idle, self.busy = [], {}  # busy: worker -> (args, deadline)
+    self.idle = [self._start(wait=False) for _ in range(max(1, workers))]
+    for worker in self.idle:  # Started together, awaited in turn: N workers start in the time of one.
+      self._await_ready(worker)
 
-  def _start(self):
+  def _start(self, wait: bool = True):
     parent, child = self.ctx.Pipe()
     proc = self.ctx.Process(target=_worker_main, args=(child,), daemon=True, name="ingest-decoder")
     proc.start()
     child.close()  # Only the worker holds this end, so its death reads as EOF here.
+    if wait:
+      self._await_ready((proc, parent))
     return proc, parent
+
+  def _await_ready(self, worker) -> None:
+    """A worker that cannot start is a broken environment, not a bad input: an error, not a skip (else
+    every input would be skipped as `crash`)."""
+    proc, conn = worker
+    try:
+      if conn.poll(self.STARTUP_TIMEOUT_S) and conn.recv() == "ready":
+        return
+    except (EOFError, OSError):
+      pass
+    self.close()
+    proc.kill()
+    proc.join(timeout=5)
+    raise IngestError(f"A decoder worker process did not start (exit code {proc.exitcode}; its error is "
+                      "above): data_pipeline must import in a fresh Python process (multiprocessing "
+                      "'spawn').")
 
   @staticmethod
   def _stop(worker, kill: bool) -> None:
@@ -734,7 +755,12 @@ class WorkerPool:
     if not self.idle:
       return False
     worker = self.idle.pop()
-    worker[1].send(args)
+    try:
+      worker[1].send(args)
+    except OSError:  # It died while idle (killed from outside): its replacement takes the input.
+      self._stop(worker, kill=True)
+      worker = self._start()
+      worker[1].send(args)
     self.busy[worker] = (args, time.monotonic() + self.timeout_s)
     return True
 

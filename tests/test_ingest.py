@@ -409,3 +409,16 @@ def test_large_results_wait_on_disk_and_give_the_same_shards(video_dir, tmp_path
   assert [open(p, "rb").read() for p in shards[0]] == [open(p, "rb").read() for p in shards[1]]
   assert sum(schema.count_records(p) for p in shards[1]) == 2
   assert os.listdir(tmp_path / "spooled" / ".ingest" / "spool") == []  # Removed once in their shard.
+
+
+def worker_that_cannot_start(conn):
+  """Stands in for ingest._worker_main in a broken environment (say data_pipeline fails to import)."""
+  os._exit(3)
+
+
+def test_workers_that_cannot_start_are_an_error_not_a_skip_per_input(video_dir, tmp_path, monkeypatch):
+  src, _ = video_dir
+  monkeypatch.setattr(ingest, "_worker_main", worker_that_cannot_start)  # Pickled by name to the worker.
+  with pytest.raises(ingest.IngestError, match=r"did not start \(exit code 3"):
+    ingest.ingest(src, str(tmp_path / "out"), workers=2, progress=False)
+  assert not os.path.exists(tmp_path / "out" / "manifest.json")
