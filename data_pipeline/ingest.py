@@ -521,9 +521,8 @@ def convert_job(job: Job, options: Options) -> dict:
 
   Result keys: `path`, `seconds` (conversion time), and either `skip` (a Skip as a dict) or `records`
   (serialized clips in time order, the span cut by `split_clip`), `clips` (how many), `duration_s` (their
-  total), `silent_clips`
-  (how many are silent), `silent_dropped` (silent clips left out under --skip-silent) and `cut_short`
-  (a reason string when the span ran past the end of the file, else None).
+  total), `silent_clips` (how many are silent), `silent_dropped` (silent clips left out under --skip-silent)
+  and `cut_short` (a reason string when the span ran past the end of the file, else None).
   """
   t = time.perf_counter()
   out = {"path": job.path}
@@ -681,6 +680,11 @@ def _worker_main(conn) -> None:
       args = conn.recv()
     except EOFError:  # The parent went away.
       return
+    except Exception as e:  # pylint: disable=broad-except
+      # A task this process cannot unpickle (a `convert` it cannot import) would fail for every input:
+      # the parent stops with this error rather than skipping everything as `crash`.
+      conn.send(("error", f"{type(e).__name__}: {e}"))
+      return
     if args is None:
       return
     conn.send(_convert_indexed(args))
@@ -712,7 +716,7 @@ class WorkerPool:
   def __init__(self, workers: int, timeout_s: float):
     self.ctx = _mp_context()
     self.timeout_s = timeout_s
-    self.idle, self.busy = [], {}  # busy: worker -> (args, deadline)
+    self.busy: dict = {}  # worker -> (args, deadline)
     self.idle = [self._start(wait=False) for _ in range(max(1, workers))]
     for worker in self.idle:  # Started together, awaited in turn: N workers start in the time of one.
       self._await_ready(worker)
@@ -784,6 +788,8 @@ class WorkerPool:
               result = conn.recv()
           except Exception:  # pylint: disable=broad-except
             result = None  # Died while sending (EOF, a half pickle): a crash like any other.
+          if result is not None and result[0] == "error":
+            raise IngestError(f"A decoder worker could not read its task: {result[1]}")
           if result is None:
             proc.join(timeout=1)  # For its exit code.
             result = (i, _failed(job, "crash", f"the decoder process died (exit code {proc.exitcode}) "

@@ -422,3 +422,17 @@ def test_workers_that_cannot_start_are_an_error_not_a_skip_per_input(video_dir, 
   with pytest.raises(ingest.IngestError, match=r"did not start \(exit code 3"):
     ingest.ingest(src, str(tmp_path / "out"), workers=2, progress=False)
   assert not os.path.exists(tmp_path / "out" / "manifest.json")
+
+
+def test_a_convert_that_workers_cannot_import_is_an_error(video_dir, tmp_path):
+  import types
+  src, _ = video_dir
+  module = types.ModuleType("made_up_module")  # Picklable by name here, importable nowhere else.
+  exec("def convert(job, options):\n  return None", module.__dict__)
+  module.convert.__module__ = "made_up_module"
+  sys.modules["made_up_module"] = module
+  try:
+    with pytest.raises(ingest.IngestError, match="could not read its task: ModuleNotFoundError"):
+      ingest.ingest(src, str(tmp_path / "out"), workers=1, progress=False, convert=module.convert)
+  finally:
+    del sys.modules["made_up_module"]
