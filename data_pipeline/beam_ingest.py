@@ -9,8 +9,10 @@ r"""The ingest of `data_pipeline.ingest` as an Apache Beam pipeline, for more vi
         --runner DataflowRunner --project P --region us-central1 --temp_location gs://BUCKET/tmp \
         --setup_file ./setup.py --max_num_workers 500
 
-The per-video work is `data_pipeline.ingest.convert_job` (so `convert_video`), unchanged; the shard plan
-(input i goes to shard i // --shard-clips, records in input order), the per-shard summaries, the resume
+The per-video work is `data_pipeline.ingest.convert_job` (so `convert_video`), unchanged, run in a decoder
+process per DoFn instance (`ingest.WorkerPool`, under `--timeout-s`): a crash or a hang is a `crash` or
+`timeout` skip that flows to its shard's summary and the manifest like any other, not a failed job. The
+shard plan (input i goes to shard i // --shard-clips, records in input order), the per-shard summaries, the resume
 state and `manifest.json` are those of the local path (`ingest.shard_summary`, `ingest.build_manifest`,
 the same `.ingest/` files and fingerprint), so both paths write the same shards and manifest and either
 can resume the other's output. Flags are the local ingest's (see `python -m data_pipeline.ingest --help`);
@@ -19,7 +21,8 @@ can resume the other's output. Flags are the local ingest's (see `python -m data
 Pipeline: the driver reads the input list and writes it as JSON lines to `OUTPUT/.ingest/<split>-jobs.jsonl`
 (so the job list is not baked into the pipeline graph; millions of rows are fine), then
     ReadFromText(jobs) -> keep pending shards -> Reshuffle (spread videos over workers)
-    -> convert_job -> (shard, (index, result)) -> GroupByKey -> write shard + summary (temp name, rename)
+    -> convert_job in a decoder process -> (shard, (index, records or skip)) -> GroupByKey
+    -> write shard + summary (temp name, rename)
 and finally builds the manifest from the summaries. Output and input paths may be any Beam file system
 (`gs://...` with apache-beam[gcp]); remote videos (CSV rows with `gs://` paths) are copied to a local temp
 file for PyAV. Input folders must be local; list remote videos in a CSV.
