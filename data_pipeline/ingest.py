@@ -782,7 +782,8 @@ class WorkerPool:
         proc, conn = worker
         i, job = args[0], args[1]
         result = None
-        if conn in ready or proc.sentinel in ready:
+        # Past the deadline, a result that arrived after `wait` returned still counts (not a timeout).
+        if conn in ready or proc.sentinel in ready or (now >= deadline and (conn.poll() or not proc.is_alive())):
           try:
             if conn.poll():
               result = conn.recv()
