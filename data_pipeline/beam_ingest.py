@@ -9,8 +9,10 @@ r"""The ingest of `data_pipeline.ingest` as an Apache Beam pipeline, for more vi
         --runner DataflowRunner --project P --region us-central1 --temp_location gs://BUCKET/tmp \
         --setup_file ./setup.py --max_num_workers 500
 
-The per-video work is `data_pipeline.ingest.convert_job` (so `convert_video`), unchanged; the shard plan
-(input i goes to shard i // --shard-clips, records in input order), the per-shard summaries, the resume
+The per-video work is `data_pipeline.ingest.convert_job` (so `convert_video`), unchanged, run in a decoder
+process per DoFn instance (`ingest.WorkerPool`, under `--timeout-s`): a crash or a hang is a `crash` or
+`timeout` skip that flows to its shard's summary and the manifest like any other, not a failed job. The
+shard plan (input i goes to shard i // --shard-clips, records in input order), the per-shard summaries, the resume
 state and `manifest.json` are those of the local path (`ingest.shard_summary`, `ingest.build_manifest`,
 the same `.ingest/` files and fingerprint), so both paths write the same shards and manifest and either
 can resume the other's output. Flags are the local ingest's (see `python -m data_pipeline.ingest --help`);
@@ -19,7 +21,8 @@ can resume the other's output. Flags are the local ingest's (see `python -m data
 Pipeline: the driver reads the input list and writes it as JSON lines to `OUTPUT/.ingest/<split>-jobs.jsonl`
 (so the job list is not baked into the pipeline graph; millions of rows are fine), then
     ReadFromText(jobs) -> keep pending shards -> Reshuffle (spread videos over workers)
-    -> convert_job -> (shard, (index, result)) -> GroupByKey -> write shard + summary (temp name, rename)
+    -> convert_job in a decoder process -> (shard, (index, records or skip)) -> GroupByKey
+    -> write shard + summary (temp name, rename)
 and finally builds the manifest from the summaries. Output and input paths may be any Beam file system
 (`gs://...` with apache-beam[gcp]); remote videos (CSV rows with `gs://` paths) are copied to a local temp
 file for PyAV. Input folders must be local; list remote videos in a CSV.
@@ -127,6 +130,7 @@ def make_plan(input_path: str, output: str, *, labels_csv: str | None, options: 
               shard_clips: int, split: str) -> Plan:
   """Reads the inputs, checks or writes the resume fingerprint, writes labels.csv and the job list."""
   options.validate()
+  ingest.check_split(split)
   if shard_clips < 1:
     raise ValueError(f"shard_clips must be >= 1, got {shard_clips}.")
   jobs, vocabulary = ingest.read_inputs(input_path, labels_csv)
@@ -161,10 +165,22 @@ def make_plan(input_path: str, output: str, *, labels_csv: str | None, options: 
 
 # ---- the pipeline's steps (worker side) -----------------------------------------------------------------
 
-def convert_remote_or_local(job: ingest.Job, options: ingest.Options) -> dict:
-  """`ingest.convert_job`, after copying a remote video to a local temp file that PyAV can open."""
+def convert_remote_or_local(job: ingest.Job, options: ingest.Options, pool: ingest.WorkerPool | None = None,
+                            index: int = 0, convert_job=ingest.convert_job) -> dict:
+  """`ingest.convert_job`, after copying a remote video to a local temp file that PyAV can open.
+
+  With `pool` (what the pipeline does) the conversion runs in the pool's worker process under its time
+  limit, so a decoder that crashes or hangs costs this element only (a `crash` or `timeout` skip), as in the
+  local ingest, instead of killing or stalling the Beam worker (whose retries would fail the whole job on
+  the same input). `convert_job`: as `ingest.ingest`'s `convert` (a module-level function).
+  """
+  def convert(local_job):
+    if pool is None:
+      return convert_job(local_job, options)
+    return pool.run_one((index, local_job, options, convert_job))
+
   if not _is_remote(job.path):
-    return ingest.convert_job(job, options)
+    return convert(job)
   from apache_beam.io.filesystems import FileSystems
   suffix = os.path.splitext(job.path)[1]
   with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
@@ -175,7 +191,7 @@ def convert_remote_or_local(job: ingest.Job, options: ingest.Options) -> dict:
     except Exception as e:  # pylint: disable=broad-except
       return {"path": job.path, "seconds": 0.0,
               "skip": ingest.Skip(job.path, "unreadable", f"cannot copy: {type(e).__name__}: {e}").as_dict()}
-    result = ingest.convert_job(dataclasses.replace(job, path=tmp.name), options)
+    result = convert(dataclasses.replace(job, path=tmp.name))
   result["path"] = job.path  # Report the input as named, not the temp copy.
   if "skip" in result:
     result["skip"]["path"] = job.path
@@ -188,39 +204,56 @@ def write_shard(shard: int, items, *, plan: Plan, shard_clips: int) -> int:
   expected = min(plan.num_inputs, (shard + 1) * shard_clips) - shard * shard_clips
   if len(results) != expected:  # A lost or duplicated element would otherwise go unnoticed.
     raise RuntimeError(f"shard {shard}: got {len(results)} results for {expected} inputs")
-  write_tfrecords(plan.shard_paths[shard], [r["record"] for r in results if "record" in r])
+  write_tfrecords(plan.shard_paths[shard], list(ingest.shard_records(results)))
   _write_json(plan.summary_paths[shard], ingest.shard_summary(results))
   return shard
 
 
-def build_pipeline(p, plan: Plan, options: ingest.Options, shard_clips: int):
+def _convert_dofn(options: ingest.Options, shard_clips: int, timeout_s: float, convert_job):
+  """A DoFn: (index, Job) -> (shard, (index, result)); each Beam worker thread keeps one decoder process."""
   import apache_beam as beam
   from apache_beam.metrics import Metrics
+
+  class Convert(beam.DoFn):
+    """Skips are results like records: they go to their shard's summary and so into manifest.json."""
+
+    def setup(self):
+      self.pool = ingest.WorkerPool(1, timeout_s)
+      self.clips, self.skipped = Metrics.counter("ingest", "clips"), Metrics.counter("ingest", "skipped")
+
+    def process(self, item):
+      i, job = item
+      result = convert_remote_or_local(job, options, self.pool, i, convert_job)
+      if "skip" in result:
+        s = result["skip"]
+        self.skipped.inc()
+        logging.getLogger("data_pipeline.beam_ingest").warning("Skipped %s: %s (%s)", s["path"], s["reason"],
+                                                               s["detail"])
+      else:
+        self.clips.inc(len(result["records"]))
+      yield i // shard_clips, (i, result)
+
+    def teardown(self):
+      self.pool.close()
+
+  return Convert()
+
+
+def build_pipeline(p, plan: Plan, options: ingest.Options, shard_clips: int,
+                   timeout_s: float = ingest.DEFAULT_TIMEOUT_S, convert=ingest.convert_job):
+  import apache_beam as beam
   pending = frozenset(plan.pending)
-  clips, skipped = Metrics.counter("ingest", "clips"), Metrics.counter("ingest", "skipped")
 
   def parse(line):
     d = json.loads(line)
     return d["index"], _job_from_dict(d["job"])
-
-  def convert(item):
-    i, job = item
-    result = convert_remote_or_local(job, options)
-    if "skip" in result:
-      s = result["skip"]
-      skipped.inc()
-      logging.getLogger("data_pipeline.beam_ingest").warning("Skipped %s: %s (%s)", s["path"], s["reason"],
-                                                             s["detail"])
-    else:
-      clips.inc()
-    return i // shard_clips, (i, result)
 
   return (p
           | "ReadJobs" >> beam.io.ReadFromText(plan.jobs_path)
           | "Parse" >> beam.Map(parse)
           | "PendingShards" >> beam.Filter(lambda item: item[0] // shard_clips in pending)
           | "Spread" >> beam.Reshuffle()
-          | "Convert" >> beam.Map(convert)
+          | "Convert" >> beam.ParDo(_convert_dofn(options, shard_clips, timeout_s, convert))
           | "ByShard" >> beam.GroupByKey()
           | "WriteShard" >> beam.MapTuple(lambda k, items: write_shard(k, items, plan=plan,
                                                                         shard_clips=shard_clips)))
@@ -228,11 +261,18 @@ def build_pipeline(p, plan: Plan, options: ingest.Options, shard_clips: int):
 
 def run(input_path: str, output: str, *, labels_csv: str | None = None, options: ingest.Options | None = None,
         shard_clips: int = 256, split: str = "train", strict: bool = False,
-        pipeline_args: Sequence[str] = ()) -> dict:
-  """Plans, runs the Beam pipeline on the pending shards, writes and returns the manifest."""
+        pipeline_args: Sequence[str] = (), timeout_s: float = ingest.DEFAULT_TIMEOUT_S,
+        convert=ingest.convert_job) -> dict:
+  """Plans, runs the Beam pipeline on the pending shards, writes and returns the manifest.
+
+  Each input converts in a decoder process under `timeout_s` (see `convert_remote_or_local`); `convert`
+  replaces `ingest.convert_job` as in `ingest.ingest` (tests use it to crash or hang a decoder).
+  """
   import apache_beam as beam
   from apache_beam.options.pipeline_options import PipelineOptions
   options = options or ingest.Options()
+  if not timeout_s > 0:
+    raise ValueError(f"timeout_s must be > 0, got {timeout_s}.")
   t0 = time.perf_counter()
   plan = make_plan(input_path, output, labels_csv=labels_csv, options=options, shard_clips=shard_clips,
                    split=split)
@@ -243,7 +283,7 @@ def run(input_path: str, output: str, *, labels_csv: str | None = None, options:
     if not any(a == "--runner" or a.startswith("--runner=") for a in args):
       args.append("--runner=DirectRunner")
     with beam.Pipeline(options=PipelineOptions(args)) as p:
-      build_pipeline(p, plan, options, shard_clips)
+      build_pipeline(p, plan, options, shard_clips, timeout_s, convert)
   summaries = [json.loads(_read_bytes(s)) for s in plan.summary_paths]
   manifest = ingest.build_manifest(summaries, num_inputs=plan.num_inputs, options=options, split=split,
                                    shards=plan.shard_paths, vocabulary=plan.vocabulary,
@@ -272,13 +312,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--shard-clips", type=int, default=256, help="Inputs per shard.")
   p.add_argument("--split", default="train", help="Split name in the shard file names.")
   p.add_argument("--skip-silent", action="store_true", help="Skip silent clips (default: keep and count).")
+  p.add_argument("--max-clip-seconds", type=float, default=10.0,
+                 help="Cut longer videos (or spans) into clips of at most this many seconds, one record each.")
+  p.add_argument("--timeout-s", type=float, default=ingest.DEFAULT_TIMEOUT_S,
+                 help="Time limit per input, seconds: a decoder past it is killed and the input skipped as "
+                 "'timeout'.")
   args, pipeline_args = p.parse_known_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   options = ingest.Options(sample_rate=args.sample_rate, fps=args.fps, size=args.size,
-                           jpeg_quality=args.jpeg_quality, skip_silent=args.skip_silent)
+                           jpeg_quality=args.jpeg_quality, skip_silent=args.skip_silent,
+                           max_clip_seconds=args.max_clip_seconds)
   try:
     m = run(args.input, args.output, labels_csv=args.labels, options=options, shard_clips=args.shard_clips,
-            split=args.split, strict=args.strict, pipeline_args=pipeline_args)
+            split=args.split, strict=args.strict, pipeline_args=pipeline_args, timeout_s=args.timeout_s)
   except (ingest.IngestError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -5,7 +5,10 @@ consumer reads through `parse` (numpy) or `parse_tf` (tf.data), so the format li
 
 Context (per clip):
   `video_id`                 bytes     source id (file path relative to the ingest input, or generator id).
-  `clip/start/timestamp`     int64     start of the clip in the source, microseconds.
+                                       Not unique: a source longer than ingest's --max-clip-seconds is cut
+                                       into consecutive clips, one record each, with the same `video_id`.
+  `clip/start/timestamp`     int64     start of the clip in the source, microseconds (with `video_id`, what
+                                       tells the clips of one source apart).
   `clip/end/timestamp`       int64     end of the clip in the source, microseconds.
   `clip/label/index`         int64[k]  label indices (empty list: unlabelled).
   `clip/label/string`        bytes[k]  label names, parallel to `clip/label/index`.
@@ -288,8 +291,28 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
   return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 
+def fsync(path: str) -> None:
+  """Flushes a file's (or a folder's) contents to the disk.
+
+  Before a rename makes a file final, and on its folder after: otherwise a power loss or a preempted VM
+  can leave the final name pointing at an empty or partial file, which a resume then takes as finished.
+  """
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def replace_durably(tmp: str, path: str) -> None:
+  """Renames the written file `tmp` to `path`, its data and the rename both on disk (see `fsync`)."""
+  fsync(tmp)
+  os.replace(tmp, path)
+  fsync(os.path.dirname(os.path.abspath(path)))
+
+
 def write_records(path: str, records: Iterable[bytes]) -> int:
-  """Writes serialized records to one TFRecord file atomically (temp name, then rename); returns count.
+  """Writes serialized records to one TFRecord file atomically (temp name, fsync, rename); returns count.
 
   A crash leaves at most a `*.tmp-*` file behind, never a truncated shard under the final name.
   """
@@ -301,7 +324,7 @@ def write_records(path: str, records: Iterable[bytes]) -> int:
       for r in records:
         w.write(r)
         n += 1
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)

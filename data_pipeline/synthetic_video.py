@@ -26,16 +26,21 @@ def make_video(path: str, *, seconds: float = 1.0, fps: float = 25.0, width: int
                sample_rate: int = 16000, channels: int = 1, audio: bool = True, video: bool = True,
                silent: bool = False, flashes: Sequence[float] = (), clicks: Sequence[float] = (),
                flash_seconds: float = 0.25, vfr: bool = False, rotation: int = 0, halves: bool = False,
-               seed: int = 0) -> str:
+               seed: int = 0, audio_codec: str | None = None, nan_at: Sequence[float] = (),
+               gap_s: float = 0.0) -> str:
   """Writes a video file (container from the extension of `path`) and returns `path`.
 
   `flashes`/`clicks`: times (s) at which a white frame period / a click starts. `vfr`: frame durations
   alternate between 0.5/fps and 1.5/fps (variable frame rate, same mean rate).
   `channels`: 1, 2 or 6 (5.1). `rotation`: display-matrix rotation, degrees counter-clockwise (as phones
   store portrait video). `halves`: frames are red on the left half and blue on the right (no moving bar).
+  `audio_codec`: instead of the container's default (e.g. "pcm_f32le", float samples stored as they are).
+  `nan_at`: times (s) of audio samples set to NaN (a broken float source; needs a float PCM `audio_codec`).
+  `gap_s`: one more video frame, `gap_s` seconds after the last (a crafted timestamp gap; use .mkv).
   """
   ext = path[path.rfind("."):]
   vcodec, acodec = _CODECS[ext]
+  acodec = audio_codec or acodec
   rng = np.random.default_rng(seed)
   with av.open(path, "w") as out:
     vs = as_ = None
@@ -78,6 +83,11 @@ def make_video(path: str, *, seconds: float = 1.0, fps: float = 25.0, width: int
           dt *= 0.5 if i % 2 == 0 else 1.5
         t += dt
         i += 1
+      if gap_s:
+        frame = av.VideoFrame.from_ndarray(np.full([height, width, 3], 255, np.uint8), format="rgb24")
+        frame.pts, frame.time_base = int(round((t + gap_s) * 1000)), fractions.Fraction(1, 1000)
+        for p in vs.encode(frame):
+          out.mux(p)
       for p in vs.encode(None):
         out.mux(p)
     # Audio.
@@ -88,6 +98,8 @@ def make_video(path: str, *, seconds: float = 1.0, fps: float = 25.0, width: int
       for c in clicks:
         j = int(round(c * sample_rate))
         mono[j:j + max(1, sample_rate // 200)] = 0.9  # 5 ms burst.
+      for t_nan in nan_at:
+        mono[min(n - 1, int(round(t_nan * sample_rate)))] = np.nan
       # Different gains per channel, so downmixing has something to do.
       data = np.stack([mono * (1.0 - 0.1 * k) for k in range(channels)]).astype(np.float32)
       frame_size = as_.codec_context.frame_size or 1024
@@ -96,6 +108,9 @@ def make_video(path: str, *, seconds: float = 1.0, fps: float = 25.0, width: int
         if acodec == "pcm_s16le":
           chunk = (np.clip(chunk, -1, 1) * 32767).astype(np.int16).T.reshape(1, -1).copy()
           frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout=as_.layout.name)
+        elif acodec == "pcm_f32le":  # Packed float: NaN and Inf reach the file unchanged.
+          chunk = chunk.T.reshape(1, -1).copy()
+          frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout=as_.layout.name)
         else:
           if chunk.shape[1] < frame_size:  # Encoders with a fixed frame size need whole frames.
             chunk = np.pad(chunk, [(0, 0), (0, frame_size - chunk.shape[1])])

@@ -1,7 +1,46 @@
 #!/usr/bin/env bash
 # Sets up .venv if needed, then runs the test suite. Extra arguments go to pytest (e.g. -m "not slow").
+# The Beam ingest tests (tests/test_beam_ingest.py) run in a second environment, .venv-beam, that
+# scripts/setup_beam.sh creates when they are selected (apache-beam pins an older protobuf than .venv's);
+# AVCL_BEAM_TESTS=0 leaves them out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PYTHONHASHSEED=0
-.venv/bin/python -m pytest "$@"
+BEAM_TESTS=tests/test_beam_ingest.py
+# Arguments that name existing test files or folders (optionally ::test) select what runs; the others
+# (-q, -x, -m EXPR, -k EXPR, ...) go to both runs.
+paths=() beam_paths=() opts=() beam_in_folder=0
+for a in "$@"; do
+  if [ -e "${a%%::*}" ]; then
+    case "$a" in "$BEAM_TESTS"*) beam_paths+=("$a") ;; *) paths+=("$a") ;; esac
+    if [ -d "$a" ] && [ -e "${a%/}/${BEAM_TESTS#tests/}" ]; then beam_in_folder=1; fi
+  else
+    opts+=("$a")
+  fi
+done
+# No test path given: everything. Paths given: those (Beam ones in .venv-beam).
+run_main=0 run_beam=0
+if [ ${#paths[@]} -gt 0 ] || [ ${#beam_paths[@]} -eq 0 ]; then
+  run_main=1
+fi
+if [ "${AVCL_BEAM_TESTS:-1}" != 0 ] && { [ ${#beam_paths[@]} -gt 0 ] || [ ${#paths[@]} -eq 0 ] || \
+    [ $beam_in_folder = 1 ]; }; then
+  run_beam=1
+  [ ${#beam_paths[@]} -gt 0 ] || beam_paths=("$BEAM_TESTS")
+fi
+status=0
+if [ $run_main = 1 ]; then
+  # The Beam tests would only skip in .venv: left out there when they run below.
+  ignore=()
+  [ $run_beam = 0 ] || ignore=(--ignore="$BEAM_TESTS")
+  .venv/bin/python -m pytest "${ignore[@]}" "${opts[@]}" "${paths[@]}" || status=$?
+fi
+if [ $run_beam = 1 ]; then
+  bash scripts/setup_beam.sh
+  beam_status=0
+  .venv-beam/bin/python -m pytest "${opts[@]}" "${beam_paths[@]}" || beam_status=$?
+  # 5: nothing collected (a -k or -m that selects no Beam test) is not a failure.
+  [ $beam_status = 0 ] || [ $beam_status = 5 ] || status=$beam_status
+fi
+exit $status

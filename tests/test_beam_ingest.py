@@ -74,3 +74,39 @@ def test_beam_multi_process_runner_pickles_the_pipeline(video_dir, tmp_path):
   assert sum(schema.count_records(p) for p in schema.list_shards(out, "train")) == m["clips"]
   assert {os.path.relpath(s["path"], src): s["reason"] for s in m["skipped"]} == {
       n: r for n, r in expected.items() if r is not None}
+
+
+def test_beam_skips_a_bad_input_instead_of_failing_the_job(video_dir, tmp_path):
+  """Non-finite audio (which used to raise in the Beam worker and fail the job after its retries) and a long
+  video: the job succeeds, the bad input is a skip in manifest.json, the long video is cut into clips."""
+  from data_pipeline.synthetic_video import make_video
+  src, _ = video_dir
+  nan = make_video(str(tmp_path / "nan.mkv"), audio_codec="pcm_f32le", nan_at=[0.5])
+  long = make_video(str(tmp_path / "long.mp4"), seconds=2.5)
+  csv_path = tmp_path / "list.csv"
+  csv_path.write_text(f"{src}/good.mp4\n{nan}\n{long}\n")
+  out = str(tmp_path / "out")
+  assert beam_ingest.main(["--input", str(csv_path), "--output", out, "--max-clip-seconds", "1",
+                           "--timeout-s", "60"]) == 0
+  m = json.load(open(os.path.join(out, "manifest.json")))
+  assert [(s["path"], s["reason"]) for s in m["skipped"]] == [(nan, "non_finite")]
+  clips = list(schema.read_clips(schema.list_shards(out, "train")))
+  assert [(os.path.basename(c.video_id), c.start_us) for c in clips] == [
+      ("good.mp4", 0), ("long.mp4", 0), ("long.mp4", 1_000_000), ("long.mp4", 2_000_000)]
+  assert m["clips"] == 4
+
+
+def test_beam_survives_a_crashing_and_a_hanging_decoder(video_dir, tmp_path):
+  """Each element converts in a decoder process: one that dies is a `crash` skip, one that hangs is killed
+  at the time limit (`timeout`); the other elements and the job carry on."""
+  from tests.test_ingest import convert_or_die, convert_or_hang
+  src, _ = video_dir
+  csv_path = tmp_path / "list.csv"
+  csv_path.write_text(f"{src}/good.mp4\n{src}/stereo48k.mkv\n")
+  m = beam_ingest.run(str(csv_path), str(tmp_path / "crash"), convert=convert_or_die)
+  assert [(os.path.basename(s["path"]), s["reason"]) for s in m["skipped"]] == [("good.mp4", "crash")]
+  assert m["clips"] == 1
+  m = beam_ingest.run(str(csv_path), str(tmp_path / "hang"), convert=convert_or_hang, timeout_s=2.0)
+  assert [(os.path.basename(s["path"]), s["reason"]) for s in m["skipped"]] == [("good.mp4", "timeout")]
+  clips = list(schema.read_clips(schema.list_shards(str(tmp_path / "hang"), "train")))
+  assert [os.path.basename(c.video_id) for c in clips] == ["stereo48k.mkv"]
