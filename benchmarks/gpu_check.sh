@@ -16,12 +16,17 @@
 # without network access. Each part runs under its own time limit, so that one failing part leaves the
 # others' tables; every table is also written to OUT_DIR.
 # PAPER_BATCH (default 64) is the paper config's global batch, PAPER_LIMIT (default 360) its time limit in
-# seconds, PAPER_XLA_FLAGS (default --xla_gpu_enable_triton_gemm=false) its extra XLA flags.
+# seconds, PAPER_XLA_FLAGS (default: --xla_gpu_enable_triton_gemm=false --xla_gpu_autotune_level=1) its
+# extra XLA flags ('' for XLA's defaults).
 # History: on an H200 (2026-11-26, JAX 0.11.2) the paper step at batch 128 was still initialising or
 # compiling after 300 s with XLA's default autotuning; with --xla_gpu_autotune_level=0 at batch 64 it compiled
 # in 21 s but its bf16 matmuls ran at 10.6 instead of 660 TFLOP/s (Triton GEMMs at untuned default tiles).
-# Hence the default here: GEMMs to cuBLAS (no Triton tile search), convolutions still autotuned by cuDNN, and
-# JAX's persistent cache (with XLA's autotuning cache) in /tmp/avcl_jax_cache, so a rerun skips both.
+# The lowered paper step holds 298 convolutions of 181 distinct signatures (forward, data and filter
+# gradients of each layer shape; `python -m benchmarks.scale_check --hlo_stats`), each a cuDNN autotuning job,
+# which at level 4 (XLA's default) also initialises and checks redzone buffers for every candidate algorithm.
+# Hence the default here: GEMMs to cuBLAS (no Triton tile search), convolutions still autotuned but at level 1
+# (candidates timed without buffer initialisation or correctness checks), and JAX's persistent cache with
+# XLA's autotuning and kernel caches in /tmp/avcl_jax_cache, so a rerun skips both. Not measured yet.
 set -u
 out_dir=${1:-${OUT:-/tmp/avcl_gpu_check}}
 mkdir -p "$out_dir"
@@ -54,7 +59,7 @@ run() {  # run NAME SECONDS ARGS...: one part, its output teed to OUT_DIR/NAME.t
 # The paper config first: its compile (with XLA's convolution autotuning) and first steps are the slow part.
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/avcl_jax_cache}
 export JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=all
-XLA_FLAGS="${XLA_FLAGS:-} ${PAPER_XLA_FLAGS---xla_gpu_enable_triton_gemm=false}" \
+XLA_FLAGS="${XLA_FLAGS:-} ${PAPER_XLA_FLAGS---xla_gpu_enable_triton_gemm=false --xla_gpu_autotune_level=1}" \
   run train_step_paper "${PAPER_LIMIT:-360}" -m benchmarks.train_step --configs paper \
   --paper_batch "${PAPER_BATCH:-64}" --dtype bfloat16 --steps 10 --matmul_n 8192 --peak_tflops 989
 # The CPU backend's figure for the same step and per-device batch (scale_check's proxy for accelerator

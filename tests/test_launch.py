@@ -293,7 +293,7 @@ def test_gpu_xla_flags_accepted_by_installed_jaxlib():
   """XLA aborts on unknown flags (and bad values) even on CPU, so the installed jaxlib checks our flags."""
   flags = (gpu.xla_flags(num_gpus=8, command_buffers="off", deterministic=True)
            + gpu.xla_flags(num_gpus=8, command_buffers="FUSION,CUBLAS,CUDNN,CUSTOM_CALL")
-           + ["--xla_gpu_enable_triton_gemm=false"])  # The docstring's and gpu_check.sh's suggestion.
+           + ["--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=1"])  # gpu_check.sh's flags.
   r = _jax_accepts(" ".join(flags))
   assert r.returncode == 0 and r.stdout.strip() == "3.0", r.stderr[-2000:]
   bad = _jax_accepts("--xla_gpu_enable_command_buffer=NOT_A_TYPE")  # The check can fail.
