@@ -261,8 +261,9 @@ def measure(config_name: str, devices: int, global_batch: int, remat: bool, over
   state_bytes = {k: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(v))
                  for k, v in trainer.abstract_state.items()}
   out = {"config": config_name, "devices": devices, "global_batch": b, "per_device_batch": b // devices,
-         "remat": remat, "dtype": config.model.dtype, "loss_impl": config.loss.impl,
-         "mix_partner": config.augment.mix.partner, "build_s": build_s, "lower_s": lower_s,
+         "remat": remat, "remat_every": config.model.remat_every, "dtype": config.model.dtype,
+         "loss_impl": config.loss.impl, "mix_partner": config.augment.mix.partner, "build_s": build_s,
+         "lower_s": lower_s,
          "compile_s": compile_s, "argument_bytes": mem.argument_size_in_bytes,
          "output_bytes": mem.output_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
          "alias_bytes": mem.alias_size_in_bytes,
@@ -310,6 +311,13 @@ def run_point(config_name: str, devices: int, global_batch: int, remat: bool, ov
 # --------------------------------------------------------------------------------------------------------
 # Report.
 # --------------------------------------------------------------------------------------------------------
+def _remat(r: dict) -> str:
+  if not r["remat"]:
+    return "off"
+  every = r.get("remat_every", 1)
+  return "on" if every == 1 else f"on, every {every}"
+
+
 def _gib(x: float) -> str:
   return f"{x / 2**30:.2f}"
 
@@ -334,7 +342,7 @@ def table(rows: list[dict]) -> str:
              f"{r['collectives'][k][0]} x, {_human(r['collectives'][k][1])}") for k in COLLECTIVES]
     fits = ["fits" if r["peak_bytes"] <= v * 2**30 else "no" for v in HBM_GIB.values()]
     lines.append("| " + " | ".join(
-        [str(r["devices"]), str(r["per_device_batch"]), "on" if r["remat"] else "off", f"{r['compile_s']:.0f}",
+        [str(r["devices"]), str(r["per_device_batch"]), _remat(r), f"{r['compile_s']:.0f}",
          _gib(r["argument_bytes"]), _gib(r["temp_bytes"]), _gib(r["peak_bytes"]), f"{r['flops'] / 1e9:,.0f}"]
         + coll + fits) + " |")
   return "\n".join(lines)
