@@ -82,13 +82,22 @@ def ensure_world(config) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
+  from data_pipeline import embedded  # pylint: disable=g-import-not-at-top  (main defers its imports)
+
   root = config.data.root
   if _is_remote(root):
     # Remote data is prepared beforehand (generate locally, copy with gsutil); nothing to lock.
     return
 
+  def interrupted() -> bool:
+    # The generator's marker without its last write (world.json): a killed generation's partial shards.
+    return (os.path.exists(os.path.join(root, embedded.GENERATING_MARKER))
+            and not os.path.exists(os.path.join(root, "world.json")))
+
   def present() -> bool:
     # world.json is the generator's last write; a pretrain/ folder is any other dataset in the same layout.
+    if interrupted():
+      return False
     return os.path.exists(os.path.join(root, "world.json")) or os.path.isdir(os.path.join(root, "pretrain"))
 
   if not os.path.exists(os.path.join(root, "world.json")):
@@ -101,8 +110,11 @@ def ensure_world(config) -> None:
       try:
         if not present():
           if not config.data.generate_if_missing:
-            raise FileNotFoundError(f"config.data.root={root!r} holds no data (no world.json, no pretrain/) "
-                                    "and config.data.generate_if_missing is False")
+            what = (f"an interrupted embedded-world generation (a {embedded.GENERATING_MARKER} marker, no "
+                    "world.json: its shards may be partial)" if interrupted()
+                    else "no data (no world.json, no pretrain/)")
+            raise FileNotFoundError(f"config.data.root={root!r} holds {what} and "
+                                    "config.data.generate_if_missing is False")
           cmd = [sys.executable, "-m", "data_pipeline.embedded", "--output", root]
           if config.data.world_clips:
             cmd += ["--clips", str(config.data.world_clips)]

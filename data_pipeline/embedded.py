@@ -7,6 +7,8 @@ from one seed.
 Layout (design.md, "Embedded world layout"):
 
     ROOT/world.json                               written last: its presence means the world is complete
+    ROOT/GENERATING                               present while a generation runs (or was killed): the
+                                                  shards beside it may be partial
     ROOT/pretrain/train-00000-of-000NN.tfrecord   N clips; labels (sound-event classes) stored, not for training
     ROOT/tasks/<task>/{train,validation,test}-*.tfrecord
     ROOT/tasks/<task>/task.json                   name, metric, multi_label, num_classes, class_names, counts
@@ -372,6 +374,10 @@ def _progress(total: int, enabled: bool):
   return tqdm(total=total, unit="clip", desc="embedded world", file=sys.stderr)
 
 
+# Present in a world's directory from the start of a generation until its world.json is written.
+GENERATING_MARKER = "GENERATING"
+
+
 def generate(output: str, clips: int | None = None, seed: int = 0, workers: int | None = None,
              progress: bool = True) -> dict:
   """Generates the world into `output` and returns the contents of its world.json.
@@ -393,6 +399,11 @@ def generate(output: str, clips: int | None = None, seed: int = 0, workers: int 
   world_json = os.path.join(output, "world.json")
   if os.path.exists(world_json):
     os.remove(world_json)  # Until this run finishes, the directory is not a complete world.
+  # Marks the shards as partial until world.json is written: a killed generation leaves pretrain/ behind,
+  # which a reader checking only for pretrain/ (any dataset in this layout) would take for a dataset.
+  marker = os.path.join(output, GENERATING_MARKER)
+  with open(marker, "w") as f:
+    f.write(f"pid {os.getpid()}\n")
 
   groups: dict[tuple[str, str], list[ClipSpec]] = {}
   for spec in plan.specs:
@@ -474,6 +485,7 @@ def generate(output: str, clips: int | None = None, seed: int = 0, workers: int 
   with open(tmp, "w") as f:
     json.dump(world, f, indent=1, ensure_ascii=False)
   os.replace(tmp, world_json)
+  os.remove(marker)
   return world
 
 

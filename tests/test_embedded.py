@@ -60,6 +60,7 @@ def test_layout_world_json_and_task_json(world):
   assert info == world["info"]
   assert info["seed"] == 3 and info["clips"] == TINY_CLIPS
   assert info["generator_version"] == embedded.GENERATOR_VERSION
+  assert not os.path.exists(os.path.join(root, embedded.GENERATING_MARKER))  # Removed once complete.
   assert (info["sample_rate"], info["fps"], info["frame_size"], info["clip_seconds"]) == (16000, 10.0, 64, 3.0)
   assert info["counts"]["pretrain/train"] == TINY_CLIPS
   assert info["total_clips"] == sum(info["counts"].values())
