@@ -150,11 +150,16 @@ def _resize_frames(frames, seed, *, frame_size, random_crop, flip):
 def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_seconds: float, sample_rate: int,
                  fps: float, frame_size: int, process_index: int = 0, process_count: int = 1, seed: int = 0,
                  shuffle_buffer: int = 1024, video_random_crop: bool = False, video_flip: bool = False,
-                 num_classes: int | None = None, multi_label: bool = False, full_clip: bool = False):
+                 num_classes: int | None = None, multi_label: bool = False, full_clip: bool = False,
+                 skip_examples: int = 0):
   """This process's batches (see the module docstring for keys, shapes, alignment and sharding).
 
   Train: infinite, shuffled (seeded per process), drop_remainder, random aligned crop, optional random crop
   and flip; the same seed, files and process index give the same batches.
+  skip_examples (train only): start the stream after this many examples, so that it continues exactly where
+  a stream of the same seed stopped (a resumed run passes steps done * batch size). The skipped records are
+  read and pass the shuffle buffer but are neither parsed nor decoded, and each keeps its element number, on
+  which its random crop depends; the cost is reading `skip_examples` serialized records.
   Eval: one pass in file order, centre crop (`full_clip`: the crop starts at 0 instead, so pass the stored
   clip length as clip_seconds to keep whole clips), last batch padded with `mask` False; every process yields
   `num_eval_batches(files, batch_size, process_count)` batches.
@@ -170,6 +175,8 @@ def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_sec
   _check("fps", fps, fps > 0, "> 0")
   _check("frame_size", frame_size, 8 <= frame_size <= 1024, "[8, 1024]")
   _check("shuffle_buffer", shuffle_buffer, shuffle_buffer >= 1, ">= 1")
+  _check("skip_examples", skip_examples, skip_examples >= 0 and (train or skip_examples == 0),
+         ">= 0, and 0 unless train")
   if num_classes is not None:
     _check("num_classes", num_classes, num_classes >= 1, ">= 1")
   _check("multi_label", multi_label, not multi_label or num_classes is not None, "True only with num_classes")
@@ -226,7 +233,12 @@ def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_sec
           out["label"] = tf.cast(labels[0], tf.int32)
     return out
 
-  ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.enumerate()
+  if skip_examples:
+    # After enumerate (element numbers, hence random crops, stay those of the uninterrupted stream) and
+    # before the map (skipped records are never parsed or decoded).
+    ds = ds.skip(skip_examples)
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   if train:
     ds = ds.batch(batch_size, drop_remainder=True)

@@ -3,6 +3,7 @@
 Tiny config (configs/test_tiny.py) and in-memory batches. Tests keep test_tiny's num_steps (the schedule
 is compiled into the step) so that they share one compiled step through XLA's persistent cache.
 """
+import json
 import math
 import os
 
@@ -144,6 +145,8 @@ def test_weight_decay_skips_biases_and_norms(name):
     ("loss.impl", "fancy", "loss.impl='fancy' must be one of 'plain', 'tiled', 'ring'"),
     ("optim.name", "sgd", "optim.name='sgd' must be one of 'adamw', 'lars'"),
     ("data.frame_size", 4, "data.frame_size=4 must be an integer in [8, 1024]"),
+    ("seed", 2**31, "seed=2147483648 must be an integer in [0, 2147483647]"),
+    ("seed", -1, "seed=-1 must be an integer in [0, 2147483647]"),
 ])
 def test_invalid_field_is_named(field, value, message):
   config = default_config.get_config()
@@ -299,3 +302,99 @@ def test_learned_temperature_trains_and_is_checkpointed(tmp_path):
   state, _ = _restore_all(str(tmp_path / "t"), 6, config)
   assert np.isfinite(state["log_inv_temperature"]) and np.exp(-float(state["log_inv_temperature"])) != 0.1
   assert "log_inv_temperature" in state and "log_inv_temperature" in state["opt_state"][0].mu
+
+
+# -------------------------------------------------------------------------------------------------------
+# Resume guards: config drift, orbax leftovers (no compile: they stop before make_trainer).
+# -------------------------------------------------------------------------------------------------------
+class _Built(Exception):
+  """Raised instead of building the trainer: the checks before it passed."""
+
+
+def _workdir_with_checkpoint(tmp_path, config, step=4):
+  """A workdir as a first start leaves it: config.json and one finished checkpoint (a stand-in state)."""
+  work = tmp_path / "w"
+  checkpoints.write_config(work, config)
+  manager = checkpoints.make_manager(work, keep=10)
+  checkpoints.save(manager, step, {"x": np.zeros(2, np.float32)})
+  manager.wait_until_finished()
+  manager.close()
+  return work
+
+
+@pytest.fixture
+def no_trainer(monkeypatch):
+  def built(*a, **k):
+    raise _Built()
+  monkeypatch.setattr(train, "make_trainer", built)
+
+
+def test_resume_with_changed_config_is_refused_naming_every_field(tmp_path, no_trainer):
+  config = test_tiny.get_config()
+  work = _workdir_with_checkpoint(tmp_path, config)
+  stored = (work / "config.json").read_text()
+  changed = test_tiny.get_config()
+  changed.audio.n_mels = 32
+  changed.augment.gain_db = 3.0
+  changed.train.num_steps = 8  # Free to change: not named in the error.
+  with pytest.raises(checkpoints.ConfigChangedError) as e:
+    train.train(changed, str(work), batches=_batches(changed))
+  msg = str(e.value)
+  assert "from step 4" in msg and "2 field(s)" in msg
+  assert "audio.n_mels: 16 -> 32" in msg and "augment.gain_db: 6.0 -> 3.0" in msg
+  assert "train.num_steps" not in msg.split("Fields free")[0]
+  assert "--allow_config_change" in msg
+  # Nothing was overwritten or logged by the refused resume.
+  assert (work / "config.json").read_text() == stored
+  assert not (work / checkpoints.CONFIG_CHANGES_FILE).exists()
+
+
+def test_allowed_and_free_config_changes_are_logged_and_stored(tmp_path, no_trainer):
+  config = test_tiny.get_config()
+  work = _workdir_with_checkpoint(tmp_path, config)
+  longer = test_tiny.get_config()
+  longer.train.num_steps = 8
+  longer.train.log_every = 1
+  with pytest.raises(_Built):  # Free fields: the resume goes on without the flag.
+    train.train(longer, str(work), batches=_batches(longer))
+  changed = test_tiny.get_config()
+  changed.train.num_steps = 8
+  changed.audio.n_mels = 32
+  with pytest.raises(_Built):
+    train.train(changed, str(work), batches=_batches(changed), allow_config_change=True)
+  records = [json.loads(line) for line in (work / checkpoints.CONFIG_CHANGES_FILE).read_text().splitlines()]
+  assert records[0]["step"] == 4 and not records[0]["allowed_by_flag"]
+  assert records[0]["changes"] == {"train.log_every": {"old": 2, "new": 1}, "train.num_steps": {"old": 6, "new": 8}}
+  assert records[1]["allowed_by_flag"]
+  assert records[1]["changes"] == {"audio.n_mels": {"old": 16, "new": 32}, "train.log_every": {"old": 1, "new": 2}}
+  # config.json now holds the config the run continues with, so the next resume compares with that.
+  assert checkpoints.load_config(work).audio.n_mels == 32
+  assert not [p for p in os.listdir(work) if ".tmp" in p]  # The atomic writes left no temporary file.
+  with pytest.raises(_Built):
+    train.train(changed, str(work), batches=_batches(changed))
+  assert len((work / checkpoints.CONFIG_CHANGES_FILE).read_text().splitlines()) == 2  # No change, no line.
+
+
+def test_new_run_without_checkpoint_writes_its_config(tmp_path, no_trainer):
+  """A run killed before its first checkpoint trained nothing: a restart with another config just starts."""
+  work = tmp_path / "w"
+  checkpoints.write_config(work, test_tiny.get_config())
+  changed = test_tiny.get_config()
+  changed.audio.n_mels = 32
+  with pytest.raises(_Built):
+    train.train(changed, str(work), batches=_batches(changed))
+  assert checkpoints.load_config(work).audio.n_mels == 32
+  assert not (work / checkpoints.CONFIG_CHANGES_FILE).exists()
+
+
+def test_unfinished_orbax_saves_are_removed_before_listing(tmp_path, no_trainer):
+  config = test_tiny.get_config()
+  work = _workdir_with_checkpoint(tmp_path, config, step=2)
+  ckpt = work / checkpoints.CHECKPOINT_DIR
+  # What a save killed midway leaves (orbax 0.12 names; older versions append -<timestamp>).
+  for name in ("4.orbax-checkpoint-tmp", "6.orbax-checkpoint-tmp-1733100000"):
+    (ckpt / name / "state").mkdir(parents=True)
+    (ckpt / name / "state" / "junk").write_bytes(b"x" * 10)
+  with pytest.raises(_Built):
+    train.train(config, str(work), batches=_batches(config))
+  assert sorted(os.listdir(ckpt)) == ["2"]
