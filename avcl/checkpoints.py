@@ -2,7 +2,7 @@
 
 Layout (docs/design.md):
   WORKDIR/config.json             the run's config (process 0 writes it atomically: at the first start, and
-                                  on a resume only after `config_changes` found nothing that may not change)
+                                  on a resume that changed it only after the check and the restore)
   WORKDIR/config_changes.jsonl    one JSON line per resume whose config differed from config.json
   WORKDIR/checkpoints/<step>/     orbax CheckpointManager, one item "state" =
                                   {"model": nnx state as a pure dict, "opt_state": optax state, "step": int32}
@@ -107,15 +107,14 @@ def check_resume_config(workdir: str | epath.Path, config: ml_collections.Config
                         allow_change: bool) -> dict[str, tuple[Any, Any]]:
   """Compares `config` with WORKDIR/config.json before resuming from checkpoint `step` (process 0).
 
-  Returns the diff (empty when nothing changed). Raises ConfigChangedError naming every changed field
-  outside RESUMABLE_FIELDS with its old and new value, unless `allow_change`. Any non-empty diff is then
-  appended to WORKDIR/config_changes.jsonl with the step, and config.json is replaced by `config`. Without a
-  config.json (workdirs from before this check) there is nothing to compare: the current config is written.
+  Returns the diff (empty when nothing changed, or when there is no config.json to compare with: workdirs
+  from before this check). Raises ConfigChangedError naming every changed field outside RESUMABLE_FIELDS
+  with its old and new value, unless `allow_change`. Writes nothing: once the restore succeeded, the caller
+  passes a non-empty diff to `record_config_change`.
   """
   workdir = epath.Path(workdir)
   path = workdir / CONFIG_FILE
   if not path.exists():
-    write_config(workdir, config)
     return {}
   try:
     stored = json.loads(path.read_text())
@@ -123,8 +122,6 @@ def check_resume_config(workdir: str | epath.Path, config: ml_collections.Config
     raise CheckpointError(f"{path} is not valid JSON ({e}); it should hold the config the run started "
                           "with: restore it, or remove it to resume with the current config unchecked") from e
   diff = config_diff(stored, config.to_dict())
-  if not diff:
-    return diff
   refused = {k: v for k, v in diff.items() if k not in RESUMABLE_FIELDS}
   if refused and not allow_change:
     lines = [f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items()]
@@ -134,8 +131,16 @@ def check_resume_config(workdir: str | epath.Path, config: ml_collections.Config
         + "\nRun with the stored values, use another --workdir, or pass --allow_config_change to continue "
         f"this run with the new values (recorded in {CONFIG_CHANGES_FILE}). Fields free to change on resume: "
         + ", ".join(RESUMABLE_FIELDS) + ".")
+  return diff
+
+
+def record_config_change(workdir: str | epath.Path, config: ml_collections.ConfigDict, step: int,
+                         diff: dict[str, tuple[Any, Any]]) -> None:
+  """Appends `diff` to WORKDIR/config_changes.jsonl with the step, then replaces config.json by `config`
+  (process 0, after the restore). `allowed_by_flag` is true when a field outside RESUMABLE_FIELDS changed."""
+  workdir = epath.Path(workdir)
   record = {"step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "allowed_by_flag": bool(refused),
+            "allowed_by_flag": any(k not in RESUMABLE_FIELDS for k in diff),
             "changes": {k: {"old": old, "new": new} for k, (old, new) in diff.items()}}
   log_path = workdir / CONFIG_CHANGES_FILE
   old_log = log_path.read_text() if log_path.exists() else ""
@@ -143,7 +148,6 @@ def check_resume_config(workdir: str | epath.Path, config: ml_collections.Config
   # next resume finds the same diff and records it again rather than losing it.
   _write_atomic(log_path, old_log + json.dumps(record, sort_keys=True, default=str) + "\n")
   write_config(workdir, config)
-  return diff
 
 
 def _tuples(x: Any) -> Any:

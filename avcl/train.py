@@ -327,26 +327,23 @@ def _check_finite(step: int, metrics: dict[str, float], last_saved: int | None) 
 # ---------------------------------------------------------------------------------------------------------
 # The loop.
 # ---------------------------------------------------------------------------------------------------------
-def _settle_config(workdir: epath.Path, config: ml_collections.ConfigDict, start: int | None, *,
-                   allow_config_change: bool) -> None:
-  """Process 0 writes config.json (new run) or checks it against `config` (resume); all processes agree.
+def _check_config(workdir: epath.Path, config: ml_collections.ConfigDict, start: int | None, *,
+                  allow_config_change: bool) -> dict:
+  """New run: process 0 writes config.json. Resume: process 0 compares it with `config` (nothing written
+  yet) and returns the diff; all processes agree on the verdict.
 
-  On a resume the stored config.json is read before anything replaces it, so a refused change leaves it as
-  it was. With several processes only process 0 reads and writes the file; the others learn the verdict by
-  a broadcast and fail too, rather than waiting forever in the restore's collectives.
+  With several processes only process 0 reads the file; the others learn a refusal by a broadcast and fail
+  too, rather than waiting forever in the restore's collectives.
   """
-  error = None
+  error, diff = None, {}
   if jax.process_index() == 0:
     try:
-      if start is None:
-        # No finished checkpoint: nothing was trained that a different config could drift from.
+      if start is None or not (workdir / checkpoints.CONFIG_FILE).exists():
+        # No finished checkpoint: nothing was trained that a different config could drift from. (A workdir
+        # without config.json, from before this check, has nothing to compare with: it gets one.)
         checkpoints.write_config(workdir, config)
       else:
         diff = checkpoints.check_resume_config(workdir, config, start, allow_change=allow_config_change)
-        if diff:
-          logging.warning("Resuming %s at step %d with a changed config (logged in %s): %s", workdir, start,
-                          checkpoints.CONFIG_CHANGES_FILE,
-                          "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items()))
     except checkpoints.CheckpointError as e:
       error = e
   if jax.process_count() > 1:
@@ -356,6 +353,7 @@ def _settle_config(workdir: epath.Path, config: ml_collections.ConfigDict, start
           f"process 0 refused to resume {workdir} at step {start} (its log names the changed fields)")
   if error is not None:
     raise error
+  return diff
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -392,18 +390,25 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints)
   start = checkpoints.agreed_latest_step(manager)
   try:
-    _settle_config(workdir, config, start, allow_config_change=allow_config_change)
+    config_diff = _check_config(workdir, config, start, allow_config_change=allow_config_change)
+    trainer = make_trainer(config, mesh)
+    if start is None:
+      state = trainer.init()
+      start = 0
+      logging.info("Initialised a new run in %s", workdir)
+    else:
+      state = checkpoints.restore(manager, start, trainer.abstract_state)
+      logging.info("Resumed %s from checkpoint step %d", workdir, start)
+      if is_main and config_diff:
+        # Only now that the checkpoint restored into the new config: a resume that fails before this leaves
+        # config.json and config_changes.jsonl as they were.
+        checkpoints.record_config_change(workdir, config, start, config_diff)
+        logging.warning("Resumed %s at step %d with a changed config (logged in %s): %s", workdir, start,
+                        checkpoints.CONFIG_CHANGES_FILE,
+                        "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in config_diff.items()))
   except BaseException:
     manager.close()
     raise
-  trainer = make_trainer(config, mesh)
-  if start is None:
-    state = trainer.init()
-    start = 0
-    logging.info("Initialised a new run in %s", workdir)
-  else:
-    state = checkpoints.restore(manager, start, trainer.abstract_state)
-    logging.info("Resumed %s from checkpoint step %d", workdir, start)
   last_saved = start if start > 0 else None
 
   num_steps = config.train.num_steps

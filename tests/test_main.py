@@ -102,4 +102,6 @@ def test_changed_config_on_resume_exits_1_naming_the_field_unless_allowed(tmp_pa
                            timeout=300)
   assert "refusing to resume" not in allowed.stderr
   assert "does not match the config's architecture" in allowed.stderr, allowed.stderr[-2000:]
-  assert (work / checkpoints.CONFIG_CHANGES_FILE).exists()
+  # The restore failed, so the change never took effect: nothing recorded, config.json as it was.
+  assert not (work / checkpoints.CONFIG_CHANGES_FILE).exists()
+  assert checkpoints.load_config(work).audio.n_mels == 16

@@ -349,29 +349,43 @@ def test_resume_with_changed_config_is_refused_naming_every_field(tmp_path, no_t
   assert not (work / checkpoints.CONFIG_CHANGES_FILE).exists()
 
 
-def test_allowed_and_free_config_changes_are_logged_and_stored(tmp_path, no_trainer):
+def _workdir_with_restorable_checkpoint(tmp_path, config):
+  """A workdir whose checkpoint at train.num_steps holds a real initial state: a resume restores it and has
+  no step left to run (nothing compiles but the initialiser)."""
+  work = tmp_path / "w"
+  checkpoints.write_config(work, config)
+  trainer = train.make_trainer(config, sharding.make_mesh())
+  manager = checkpoints.make_manager(work, keep=10)
+  checkpoints.save(manager, config.train.num_steps, trainer.init())
+  manager.wait_until_finished()
+  manager.close()
+  return work
+
+
+def test_allowed_and_free_config_changes_are_logged_after_the_restore(tmp_path):
   config = test_tiny.get_config()
-  work = _workdir_with_checkpoint(tmp_path, config)
-  longer = test_tiny.get_config()
-  longer.train.num_steps = 8
-  longer.train.log_every = 1
-  with pytest.raises(_Built):  # Free fields: the resume goes on without the flag.
-    train.train(longer, str(work), batches=_batches(longer))
+  work = _workdir_with_restorable_checkpoint(tmp_path, config)
+  free = test_tiny.get_config()
+  free.train.log_every = 1
+  free.train.keep_checkpoints = 5
+  assert train.train(free, str(work), batches=_batches(free))["status"] == "done"  # No flag needed.
   changed = test_tiny.get_config()
-  changed.train.num_steps = 8
-  changed.audio.n_mels = 32
-  with pytest.raises(_Built):
-    train.train(changed, str(work), batches=_batches(changed), allow_config_change=True)
-  records = [json.loads(line) for line in (work / checkpoints.CONFIG_CHANGES_FILE).read_text().splitlines()]
-  assert records[0]["step"] == 4 and not records[0]["allowed_by_flag"]
-  assert records[0]["changes"] == {"train.log_every": {"old": 2, "new": 1}, "train.num_steps": {"old": 6, "new": 8}}
-  assert records[1]["allowed_by_flag"]
-  assert records[1]["changes"] == {"audio.n_mels": {"old": 16, "new": 32}, "train.log_every": {"old": 1, "new": 2}}
-  # config.json now holds the config the run continues with, so the next resume compares with that.
-  assert checkpoints.load_config(work).audio.n_mels == 32
-  assert not [p for p in os.listdir(work) if ".tmp" in p]  # The atomic writes left no temporary file.
-  with pytest.raises(_Built):
+  changed.augment.gain_db = 3.0  # Same parameter shapes, other training: needs the flag.
+  with pytest.raises(checkpoints.ConfigChangedError, match="augment.gain_db: 6.0 -> 3.0"):
     train.train(changed, str(work), batches=_batches(changed))
+  assert train.train(changed, str(work), batches=_batches(changed), allow_config_change=True)["step"] == 6
+  records = [json.loads(line) for line in (work / checkpoints.CONFIG_CHANGES_FILE).read_text().splitlines()]
+  assert [r["step"] for r in records] == [6, 6]
+  assert not records[0]["allowed_by_flag"] and records[1]["allowed_by_flag"]
+  assert records[0]["changes"] == {"train.keep_checkpoints": {"old": 10, "new": 5},
+                                   "train.log_every": {"old": 2, "new": 1}}
+  assert records[1]["changes"] == {"augment.gain_db": {"old": 6.0, "new": 3.0},
+                                   "train.keep_checkpoints": {"old": 5, "new": 10},
+                                   "train.log_every": {"old": 1, "new": 2}}
+  # config.json now holds the config the run continues with, so the next resume compares with that.
+  assert checkpoints.load_config(work).augment.gain_db == 3.0
+  assert not [p for p in os.listdir(work) if ".tmp" in p]  # The atomic writes left no temporary file.
+  train.train(changed, str(work), batches=_batches(changed))
   assert len((work / checkpoints.CONFIG_CHANGES_FILE).read_text().splitlines()) == 2  # No change, no line.
 
 
