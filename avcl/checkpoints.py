@@ -37,8 +37,16 @@ ORBAX_TMP_MARKER = ".orbax-checkpoint-tmp"
 # computes. One exception is accepted on purpose: train.num_steps sets the length of the learning-rate
 # schedule (optim.make_optimizer), so extending a run stretches the cosine decay from the resumed step on;
 # every change is still recorded in config_changes.jsonl, so the stretch can be seen later.
-# data.root is not here: another root is other data (or the same data in another order of shards).
-RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints")
+# data.generate_if_missing only matters when the data is absent; eval.* is read by evaluation, never by
+# training. data.root is not here: another root is other data (or the same data in another order of shards);
+# data moved to another path resumes with --allow_config_change.
+RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                    "data.generate_if_missing", "eval.*")
+
+
+def resumable(field: str) -> bool:
+  """Whether the dotted config `field` may change on resume without --allow_config_change."""
+  return any(field == f or (f.endswith(".*") and field.startswith(f[:-1])) for f in RESUMABLE_FIELDS)
 
 
 class CheckpointError(RuntimeError):
@@ -122,7 +130,7 @@ def check_resume_config(workdir: str | epath.Path, config: ml_collections.Config
     raise CheckpointError(f"{path} is not valid JSON ({e}); it should hold the config the run started "
                           "with: restore it, or remove it to resume with the current config unchecked") from e
   diff = config_diff(stored, config.to_dict())
-  refused = {k: v for k, v in diff.items() if k not in RESUMABLE_FIELDS}
+  refused = {k: v for k, v in diff.items() if not resumable(k)}
   if refused and not allow_change:
     lines = [f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items()]
     raise ConfigChangedError(
@@ -140,7 +148,7 @@ def record_config_change(workdir: str | epath.Path, config: ml_collections.Confi
   (process 0, after the restore). `allowed_by_flag` is true when a field outside RESUMABLE_FIELDS changed."""
   workdir = epath.Path(workdir)
   record = {"step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "allowed_by_flag": any(k not in RESUMABLE_FIELDS for k in diff),
+            "allowed_by_flag": not all(resumable(k) for k in diff),
             "changes": {k: {"old": old, "new": new} for k, (old, new) in diff.items()}}
   log_path = workdir / CONFIG_CHANGES_FILE
   old_log = log_path.read_text() if log_path.exists() else ""

@@ -343,6 +343,8 @@ def test_resume_with_changed_config_is_refused_naming_every_field(tmp_path, no_t
   assert "from step 4" in msg and "2 field(s)" in msg
   assert "audio.n_mels: 16 -> 32" in msg and "augment.gain_db: 6.0 -> 3.0" in msg
   assert "train.num_steps" not in msg.split("Fields free")[0]
+  assert checkpoints.resumable("eval.tasks") and not checkpoints.resumable("evaluation.x")
+  assert not checkpoints.resumable("data.root") and not checkpoints.resumable("train.num_steps_x")
   assert "--allow_config_change" in msg
   # Nothing was overwritten or logged by the refused resume.
   assert (work / "config.json").read_text() == stored
@@ -368,6 +370,7 @@ def test_allowed_and_free_config_changes_are_logged_after_the_restore(tmp_path):
   free = test_tiny.get_config()
   free.train.log_every = 1
   free.train.keep_checkpoints = 5
+  free.eval.batch_size = 8  # Evaluation's fields never change training.
   assert train.train(free, str(work), batches=_batches(free))["status"] == "done"  # No flag needed.
   changed = test_tiny.get_config()
   changed.augment.gain_db = 3.0  # Same parameter shapes, other training: needs the flag.
@@ -377,9 +380,11 @@ def test_allowed_and_free_config_changes_are_logged_after_the_restore(tmp_path):
   records = [json.loads(line) for line in (work / checkpoints.CONFIG_CHANGES_FILE).read_text().splitlines()]
   assert [r["step"] for r in records] == [6, 6]
   assert not records[0]["allowed_by_flag"] and records[1]["allowed_by_flag"]
-  assert records[0]["changes"] == {"train.keep_checkpoints": {"old": 10, "new": 5},
+  assert records[0]["changes"] == {"eval.batch_size": {"old": 16, "new": 8},
+                                   "train.keep_checkpoints": {"old": 10, "new": 5},
                                    "train.log_every": {"old": 2, "new": 1}}
   assert records[1]["changes"] == {"augment.gain_db": {"old": 6.0, "new": 3.0},
+                                   "eval.batch_size": {"old": 8, "new": 16},
                                    "train.keep_checkpoints": {"old": 5, "new": 10},
                                    "train.log_every": {"old": 1, "new": 2}}
   # config.json now holds the config the run continues with, so the next resume compares with that.
