@@ -1,8 +1,9 @@
 """tf.data input pipeline: shards -> host-local batches of aligned audio and low-resolution video.
 
 Per process (process index and count are arguments; this module never imports JAX): list of shard files ->
-this process's share -> shuffle (train) -> parse -> aligned temporal crop -> JPEG decode of the kept frames ->
-resize (optional random crop / flip) -> batch -> prefetch.
+this process's share -> shuffle (train: epoch by epoch, one seed each, see `skip_examples`) -> parse ->
+aligned temporal crop -> JPEG decode of the kept frames -> resize (optional random crop / flip) -> batch ->
+prefetch.
 
 Batch (dict of numpy-convertible tensors):
   `audio`  f32[b, round(clip_seconds * sample_rate)]  mono, in [-1, 1].
@@ -196,7 +197,10 @@ def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_sec
   if train:
     # Epoch by epoch, each shuffled with its own seed (a hash of the process seed and the epoch number), so
     # that epoch e can be rebuilt without replaying epochs 0..e-1: a resume skips at most one epoch's
-    # records. (One shuffle over a repeated stream would make epoch e's order depend on all before it.)
+    # records. (One shuffle over a repeated stream would make epoch e's order depend on all before it.) The
+    # cost: the shuffle buffer no longer mixes the end of one epoch with the start of the next, and it fills
+    # anew at each epoch's start.
+
     # Records of this process per epoch, counted only to resume (local files: record headers only; remote
     # files: one read of the share through TensorFlow).
     share = examples_per_process(files, process_count)[process_index] if skip_examples else 1
