@@ -417,3 +417,24 @@ def test_unfinished_orbax_saves_are_removed_before_listing(tmp_path, no_trainer)
   with pytest.raises(_Built):
     train.train(config, str(work), batches=_batches(config))
   assert sorted(os.listdir(ckpt)) == ["2"]
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_train_batches_after_a_resume_are_the_uninterrupted_ones(tmp_path_factory, monkeypatch, process_count):
+  """make_train_batches at start_step s (what a resume reads, real tf.data) yields batch s, s+1, ... of the
+  stream from step 0, on every process; steps past the end of an epoch (32 clips, 16 per step) included."""
+  root = tiny_data.write_pretrain_shards(str(tmp_path_factory.mktemp("data")), num_clips=32, seconds=1.0)
+  config = test_tiny.get_config()
+  config.data.root = root
+  local = config.train.global_batch_size // process_count
+  monkeypatch.setattr(jax, "process_count", lambda: process_count)
+  for p in range(process_count):
+    monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+    it = train.make_train_batches(config, local, start_step=0)
+    full = [next(it) for _ in range(7)]
+    it = train.make_train_batches(config, local, start_step=5)
+    resumed = [next(it) for _ in range(2)]
+    for k, (x, y) in enumerate(zip(full[5:], resumed)):
+      for key in x:
+        np.testing.assert_array_equal(x[key], y[key], err_msg=f"process {p}, step {5 + k}, {key}")
+    assert not np.array_equal(full[5]["audio"], full[6]["audio"])  # The comparison sees distinct batches.
