@@ -1,7 +1,9 @@
 """Checkpoint layout, the run's config file, and restoring a trained model for evaluation.
 
 Layout (docs/design.md):
-  WORKDIR/config.json             the run's config (written by process 0 before the first step)
+  WORKDIR/config.json             the run's config (process 0 writes it atomically: at the first start, and
+                                  on a resume that changed it only after the check and the restore)
+  WORKDIR/config_changes.jsonl    one JSON line per resume whose config differed from config.json
   WORKDIR/checkpoints/<step>/     orbax CheckpointManager, one item "state" =
                                   {"model": nnx state as a pure dict, "opt_state": optax state, "step": int32}
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -23,7 +26,27 @@ from jax.experimental import multihost_utils
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
 STATE_ITEM = "state"
+# Orbax writes a checkpoint into `<step>.orbax-checkpoint-tmp` (older versions add `-<timestamp>`) and renames
+# it when complete; a save killed midway leaves that folder behind (orbax.checkpoint.path.step.TMP_DIR_SUFFIX).
+ORBAX_TMP_MARKER = ".orbax-checkpoint-tmp"
+
+# Config fields that may differ between the config.json of a workdir and the config that resumes it, without
+# --allow_config_change. They change how long the run goes on and what it logs and keeps, never what a step
+# computes. One exception is accepted on purpose: train.num_steps sets the length of the learning-rate
+# schedule (optim.make_optimizer), so extending a run stretches the cosine decay from the resumed step on;
+# every change is still recorded in config_changes.jsonl, so the stretch can be seen later.
+# data.generate_if_missing only matters when the data is absent; eval.* is read by evaluation, never by
+# training. data.root is not here: another root is other data (or the same data in another order of shards);
+# data moved to another path resumes with --allow_config_change.
+RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                    "data.generate_if_missing", "eval.*")
+
+
+def resumable(field: str) -> bool:
+  """Whether the dotted config `field` may change on resume without --allow_config_change."""
+  return any(field == f or (f.endswith(".*") and field.startswith(f[:-1])) for f in RESUMABLE_FIELDS)
 
 
 class CheckpointError(RuntimeError):
@@ -31,11 +54,108 @@ class CheckpointError(RuntimeError):
 
 
 # Config file ---------------------------------------------------------------------------------------------
+def _write_atomic(path: epath.Path, text: str) -> None:
+  """Replaces `path` by `text` so that a reader (or a crash) sees the old file or the new one, never a part.
+
+  Local files: temporary file in the same folder, fsync, rename, fsync of the folder. Remote paths (gs://):
+  an object upload is already all-or-nothing, so a plain write is atomic there.
+  """
+  text_path = os.fspath(path)
+  if "://" in text_path:
+    path.write_text(text)
+    return
+  tmp = f"{text_path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, text_path)
+  dir_fd = os.open(os.path.dirname(os.path.abspath(text_path)), os.O_RDONLY)
+  try:
+    os.fsync(dir_fd)  # The rename itself survives a power cut only once the folder is synced.
+  finally:
+    os.close(dir_fd)
+
+
+def config_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
 def write_config(workdir: str | epath.Path, config: ml_collections.ConfigDict) -> None:
-  """Writes WORKDIR/config.json (call from process 0 only)."""
+  """Writes WORKDIR/config.json atomically (call from process 0 only)."""
   path = epath.Path(workdir) / CONFIG_FILE
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+  _write_atomic(path, config_json(config))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def config_diff(stored: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+  """{"dotted.field": (stored value, current value)} of every field that differs; a field only one side has
+  shows as (value, MISSING) or (MISSING, value). Values are compared as JSON gives them (tuples as lists)."""
+  a, b = _flatten(stored), _flatten(json.loads(json.dumps(current)))
+  return {k: (a.get(k, "<missing>"), b.get(k, "<missing>")) for k in sorted(set(a) | set(b))
+          if a.get(k, "<missing>") != b.get(k, "<missing>")}
+
+
+class ConfigChangedError(CheckpointError):
+  """A resume with a config that differs from WORKDIR/config.json in fields that may not change."""
+
+
+def check_resume_config(workdir: str | epath.Path, config: ml_collections.ConfigDict, step: int, *,
+                        allow_change: bool) -> dict[str, tuple[Any, Any]]:
+  """Compares `config` with WORKDIR/config.json before resuming from checkpoint `step` (process 0).
+
+  Returns the diff (empty when nothing changed, or when there is no config.json to compare with: workdirs
+  from before this check). Raises ConfigChangedError naming every changed field outside RESUMABLE_FIELDS
+  with its old and new value, unless `allow_change`. Writes nothing: once the restore succeeded, the caller
+  passes a non-empty diff to `record_config_change`.
+  """
+  workdir = epath.Path(workdir)
+  path = workdir / CONFIG_FILE
+  if not path.exists():
+    return {}
+  try:
+    stored = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path} is not valid JSON ({e}); it should hold the config the run started "
+                          "with: restore it, or remove it to resume with the current config unchecked") from e
+  diff = config_diff(stored, config.to_dict())
+  refused = {k: v for k, v in diff.items() if not resumable(k)}
+  if refused and not allow_change:
+    lines = [f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items()]
+    raise ConfigChangedError(
+        f"refusing to resume {workdir} from step {step}: the config differs from its {CONFIG_FILE} in "
+        f"{len(refused)} field(s) that change what training computes (stored -> now):\n  " + "\n  ".join(lines)
+        + "\nRun with the stored values, use another --workdir, or pass --allow_config_change to continue "
+        f"this run with the new values (recorded in {CONFIG_CHANGES_FILE}). Fields free to change on resume: "
+        + ", ".join(RESUMABLE_FIELDS) + ".")
+  return diff
+
+
+def record_config_change(workdir: str | epath.Path, config: ml_collections.ConfigDict, step: int,
+                         diff: dict[str, tuple[Any, Any]]) -> None:
+  """Appends `diff` to WORKDIR/config_changes.jsonl with the step, then replaces config.json by `config`
+  (process 0, after the restore). `allowed_by_flag` is true when a field outside RESUMABLE_FIELDS changed."""
+  workdir = epath.Path(workdir)
+  record = {"step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "allowed_by_flag": not all(resumable(k) for k in diff),
+            "changes": {k: {"old": old, "new": new} for k, (old, new) in diff.items()}}
+  log_path = workdir / CONFIG_CHANGES_FILE
+  old_log = log_path.read_text() if log_path.exists() else ""
+  # Log first, then config.json: a crash in between leaves the change recorded and the old config, so the
+  # next resume finds the same diff and records it again rather than losing it.
+  _write_atomic(log_path, old_log + json.dumps(record, sort_keys=True, default=str) + "\n")
+  write_config(workdir, config)
 
 
 def _tuples(x: Any) -> Any:
@@ -59,6 +179,25 @@ def absolute(workdir: str | epath.Path) -> epath.Path:
   """`workdir` as an absolute path: orbax refuses relative ones (remote URLs such as gs:// pass through)."""
   text = os.fspath(workdir)
   return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+def clean_orbax_temporaries(workdir: str | epath.Path) -> list[str]:
+  """Removes the temporary folders of saves that were killed midway from WORKDIR/checkpoints; returns them.
+
+  Call on process 0 before any manager lists the steps, while no save is running (at start).
+  """
+  ckpt_dir = absolute(workdir) / CHECKPOINT_DIR
+  if not ckpt_dir.exists():
+    return []
+  removed = []
+  for child in sorted(ckpt_dir.iterdir(), key=lambda p: p.name):
+    if ORBAX_TMP_MARKER in child.name:
+      if child.is_dir():
+        child.rmtree()
+      else:
+        child.unlink()
+      removed.append(child.name)
+  return removed
 
 
 def make_manager(workdir: str | epath.Path, *, keep: int | None = None, read_only: bool = False

@@ -23,6 +23,13 @@ VIDEO_ENCODERS = ("tsm_resnet",)
 PAIR_MEMBERS = {"logmel": "logmel", "logmel2": "logmel", "wave": "wave", "video": "video"}
 
 
+# Largest config.seed. The seed reaches int64 arithmetic: tf.data's per-process seed is
+# seed * 1_000_003 + process_index (data_pipeline/input.py), which stays below 2**63 only for seeds below
+# ~9.2e12, and jax.random.key takes at most 64 bits. 2**31 - 1 leaves a wide margin and fits every consumer
+# (numpy, jax, tf.data) without wrapping.
+MAX_SEED = 2**31 - 1
+
+
 class ConfigError(ValueError):
   """One or more config fields are invalid; the message lists each with its allowed values."""
 
@@ -129,7 +136,7 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int | None =
   """
   c = _Checker(cfg)
 
-  c.integer("seed", 0)
+  c.integer("seed", 0, MAX_SEED)
 
   # data ------------------------------------------------------------------------------------------------
   c.check("data.root", lambda v: isinstance(v, str) and v.strip() != "", "be a non-empty path")

@@ -2,6 +2,12 @@ r"""Pretrain and/or evaluate: `python -m avcl.main --config configs/default.py -
 
   --mode train | eval | train_and_eval
   --config.train.num_steps=100 ...            any config field can be overridden on the command line
+  --allow_config_change                       resume WORKDIR even though the config differs from its
+                                              config.json in fields that change what training computes
+                                              (the change is logged to WORKDIR/config_changes.jsonl)
+
+Exit status (avcl/exit_codes.py): 0 finished, 1 a clear error, 75 (exit_codes.PREEMPTED) preempted: SIGTERM
+arrived, a checkpoint was saved, and running the same command again resumes the run.
 
 Multi-process (one process per host, or several on one machine with CPU collectives):
   --distributed auto   (default) join a cluster when the environment shows one: a Cloud TPU pod slice
@@ -33,6 +39,10 @@ _DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0's coordinator.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the cluster.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume WORKDIR although the config differs from WORKDIR/config.json in "
+    "fields outside avcl.checkpoints.RESUMABLE_FIELDS; every change is logged to config_changes.jsonl.")
 
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -127,7 +137,7 @@ def ensure_world(config) -> None:
     multihost_utils.sync_global_devices("avcl embedded world ready")
 
 
-def run(config, workdir: str, mode: str) -> dict:
+def run(config, workdir: str, mode: str, *, allow_config_change: bool = False) -> dict:
   """Runs `mode` for `config` in `workdir`; returns {"train": ..., "eval": ...} results."""
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -139,7 +149,7 @@ def run(config, workdir: str, mode: str) -> dict:
   if mode in ("train", "train_and_eval"):
     from avcl import train  # pylint: disable=g-import-not-at-top
     ensure_world(config)
-    out["train"] = train.train(config, workdir)
+    out["train"] = train.train(config, workdir, allow_config_change=allow_config_change)
     if out["train"]["status"] == "preempted":
       return out
   if mode in ("eval", "train_and_eval"):
@@ -164,14 +174,19 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   logging.info("JAX %s: %d processes, %d devices (%d local) on %s", jax.__version__, jax.process_count(),
                jax.device_count(), jax.local_device_count(), jax.devices()[0].platform)
-  from avcl import checkpoints, config_validation, train  # pylint: disable=g-import-not-at-top
+  from avcl import checkpoints, config_validation, exit_codes, train  # pylint: disable=g-import-not-at-top
   try:
-    run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    out = run(_CONFIG.value, _WORKDIR.value, _MODE.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (config_validation.ConfigError, train.NonFiniteLossError, checkpoints.CheckpointError,
           FileNotFoundError) as e:
     # Expected failures: a clear message and exit status 1, no traceback.
     logging.error("%s", e)
     sys.exit(f"error: {e}")
+  if out.get("train", {}).get("status") == "preempted":
+    # Not 0: a sweep or a job scheduler must not take a preempted run for a finished one.
+    logging.warning("preempted at step %d: exiting with status %d; rerun the same command to resume",
+                    out["train"]["step"], exit_codes.PREEMPTED)
+    sys.exit(exit_codes.PREEMPTED)
 
 
 if __name__ == "__main__":

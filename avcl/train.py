@@ -220,8 +220,10 @@ def make_train_batches(config: ml_collections.ConfigDict, local_batch_size: int,
                        ) -> Iterator[dict[str, np.ndarray]]:
   """This process's slice of every global batch, as numpy: {"audio": f32[b, samples], "frames": u8[...]}.
 
-  Reads WORKDIR-independent data at config.data.root/pretrain. tf.data shuffles with a seed that depends
-  on the process and on `start_step`, so a resumed run does not replay the batches it already saw.
+  Reads WORKDIR-independent data at config.data.root/pretrain. The stream depends only on config.seed and
+  the process (never on `start_step`): a run resumed at `start_step` skips the start_step * local_batch_size
+  examples the interrupted run consumed, so it sees exactly the batches the uninterrupted run would have.
+  Skipping reads those records again without decoding them (input.make_dataset's skip_examples).
   """
   from data_pipeline import input as input_lib  # pylint: disable=g-import-not-at-top
   from data_pipeline import schema  # pylint: disable=g-import-not-at-top
@@ -238,8 +240,9 @@ def make_train_batches(config: ml_collections.ConfigDict, local_batch_size: int,
       files, batch_size=local_batch_size, train=True, clip_seconds=config.data.clip_seconds,
       sample_rate=config.audio.sample_rate, fps=config.data.fps, frame_size=config.data.frame_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      seed=config.seed * 1_000_003 + start_step, shuffle_buffer=config.data.shuffle_buffer,
-      video_random_crop=config.data.video_random_crop, video_flip=config.data.video_flip)
+      seed=config.seed, shuffle_buffer=config.data.shuffle_buffer,
+      video_random_crop=config.data.video_random_crop, video_flip=config.data.video_flip,
+      skip_examples=start_step * local_batch_size)
   keys = batch_keys(config)
   for batch in ds.as_numpy_iterator():
     yield {k: batch[k] for k in keys}
@@ -326,14 +329,48 @@ def _check_finite(step: int, metrics: dict[str, float], last_saved: int | None) 
 # ---------------------------------------------------------------------------------------------------------
 # The loop.
 # ---------------------------------------------------------------------------------------------------------
+def _check_config(workdir: epath.Path, config: ml_collections.ConfigDict, start: int | None, *,
+                  allow_config_change: bool) -> dict:
+  """New run: process 0 writes config.json. Resume: process 0 compares it with `config` (nothing written
+  yet) and returns the diff; all processes agree on the verdict.
+
+  With several processes only process 0 reads the file; the others learn a refusal by a broadcast and fail
+  too, rather than waiting forever in the restore's collectives.
+  """
+  error, diff = None, {}
+  if jax.process_index() == 0:
+    try:
+      if start is None or not (workdir / checkpoints.CONFIG_FILE).exists():
+        # No finished checkpoint: nothing was trained that a different config could drift from. (A workdir
+        # without config.json, from before this check, has nothing to compare with: it gets one.)
+        checkpoints.write_config(workdir, config)
+      else:
+        diff = checkpoints.check_resume_config(workdir, config, start, allow_change=allow_config_change)
+    except checkpoints.CheckpointError as e:
+      error = e
+  if jax.process_count() > 1:
+    failed = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if failed and error is None:
+      raise checkpoints.ConfigChangedError(
+          f"process 0 refused to resume {workdir} at step {start} (its log names the changed fields)")
+  if error is not None:
+    raise error
+  return diff
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
-          batches: Iterable[dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+          batches: Iterable[dict[str, np.ndarray]] | None = None, *,
+          allow_config_change: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its newest checkpoint) until train.num_steps.
 
-  batches: this process's slices of the global batches (default: tf.data over config.data.root); tests
-  pass their own. Returns {"step": last step, "status": "done"|"preempted", "metrics": last logged means,
-  "history": [(step, metrics)] of every log line (process 0)}.
-  Raises NonFiniteLossError (naming the step) when the loss or gradient norm is NaN or Inf.
+  batches: this process's slices of the global batches (default: tf.data over config.data.root, resumed at
+  the batch the interrupted run would have read next); tests pass their own. A resume compares `config` with
+  WORKDIR/config.json first (checkpoints.check_resume_config): fields outside
+  checkpoints.RESUMABLE_FIELDS may differ only with `allow_config_change`, and every difference is logged to
+  WORKDIR/config_changes.jsonl. Returns {"step": last step, "status": "done"|"preempted", "metrics": last
+  logged means, "history": [(step, metrics)] of every log line (process 0)}.
+  Raises NonFiniteLossError (naming the step) when the loss or gradient norm is NaN or Inf, and
+  checkpoints.ConfigChangedError (naming each field) for a refused config change.
   """
   mesh = sharding.make_mesh()
   config_validation.validate_config(config, num_devices=mesh.devices.size)
@@ -343,18 +380,37 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   workdir = epath.Path(workdir)
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints.write_config(workdir, config)
+    # Before any manager lists the steps: a save killed midway (SIGKILL, lost host) leaves its temporary
+    # folder, which orbax neither lists nor removes, and which would otherwise stay on disk for good.
+    removed = checkpoints.clean_orbax_temporaries(workdir)
+    if removed:
+      logging.warning("Removed %d unfinished checkpoint folder(s) of killed saves: %s", len(removed),
+                      ", ".join(removed))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("avcl orbax temporaries cleaned")
 
-  trainer = make_trainer(config, mesh)
   manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints)
   start = checkpoints.agreed_latest_step(manager)
-  if start is None:
-    state = trainer.init()
-    start = 0
-    logging.info("Initialised a new run in %s", workdir)
-  else:
-    state = checkpoints.restore(manager, start, trainer.abstract_state)
-    logging.info("Resumed %s from checkpoint step %d", workdir, start)
+  try:
+    config_diff = _check_config(workdir, config, start, allow_config_change=allow_config_change)
+    trainer = make_trainer(config, mesh)
+    if start is None:
+      state = trainer.init()
+      start = 0
+      logging.info("Initialised a new run in %s", workdir)
+    else:
+      state = checkpoints.restore(manager, start, trainer.abstract_state)
+      logging.info("Resumed %s from checkpoint step %d", workdir, start)
+      if is_main and config_diff:
+        # Only now that the checkpoint restored into the new config: a resume that fails before this leaves
+        # config.json and config_changes.jsonl as they were.
+        checkpoints.record_config_change(workdir, config, start, config_diff)
+        logging.warning("Resumed %s at step %d with a changed config (logged in %s): %s", workdir, start,
+                        checkpoints.CONFIG_CHANGES_FILE,
+                        "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in config_diff.items()))
+  except BaseException:
+    manager.close()
+    raise
   last_saved = start if start > 0 else None
 
   num_steps = config.train.num_steps

@@ -1,8 +1,9 @@
 """tf.data input pipeline: shards -> host-local batches of aligned audio and low-resolution video.
 
 Per process (process index and count are arguments; this module never imports JAX): list of shard files ->
-this process's share -> shuffle (train) -> parse -> aligned temporal crop -> JPEG decode of the kept frames ->
-resize (optional random crop / flip) -> batch -> prefetch.
+this process's share -> shuffle (train: epoch by epoch, one seed each, see `skip_examples`) -> parse ->
+aligned temporal crop -> JPEG decode of the kept frames -> resize (optional random crop / flip) -> batch ->
+prefetch.
 
 Batch (dict of numpy-convertible tensors):
   `audio`  f32[b, round(clip_seconds * sample_rate)]  mono, in [-1, 1].
@@ -150,11 +151,17 @@ def _resize_frames(frames, seed, *, frame_size, random_crop, flip):
 def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_seconds: float, sample_rate: int,
                  fps: float, frame_size: int, process_index: int = 0, process_count: int = 1, seed: int = 0,
                  shuffle_buffer: int = 1024, video_random_crop: bool = False, video_flip: bool = False,
-                 num_classes: int | None = None, multi_label: bool = False, full_clip: bool = False):
+                 num_classes: int | None = None, multi_label: bool = False, full_clip: bool = False,
+                 skip_examples: int = 0):
   """This process's batches (see the module docstring for keys, shapes, alignment and sharding).
 
   Train: infinite, shuffled (seeded per process), drop_remainder, random aligned crop, optional random crop
   and flip; the same seed, files and process index give the same batches.
+  skip_examples (train only): start the stream after this many examples, so that it continues exactly where
+  a stream of the same seed stopped (a resumed run passes steps done * batch size). Each epoch has its own
+  shuffle seed, so whole epochs are skipped for free; within the current epoch the skipped records are read
+  and pass the shuffle buffer but are neither parsed nor decoded, so a resume reads at most one epoch of this
+  process's share (half on average), and counts the share's records first.
   Eval: one pass in file order, centre crop (`full_clip`: the crop starts at 0 instead, so pass the stored
   clip length as clip_seconds to keep whole clips), last batch padded with `mask` False; every process yields
   `num_eval_batches(files, batch_size, process_count)` batches.
@@ -170,6 +177,8 @@ def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_sec
   _check("fps", fps, fps > 0, "> 0")
   _check("frame_size", frame_size, 8 <= frame_size <= 1024, "[8, 1024]")
   _check("shuffle_buffer", shuffle_buffer, shuffle_buffer >= 1, ">= 1")
+  _check("skip_examples", skip_examples, skip_examples >= 0 and (train or skip_examples == 0),
+         ">= 0, and 0 unless train")
   if num_classes is not None:
     _check("num_classes", num_classes, num_classes >= 1, ">= 1")
   _check("multi_label", multi_label, not multi_label or num_classes is not None, "True only with num_classes")
@@ -185,20 +194,45 @@ def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_sec
   local_files, shard_records = process_files(files, process_index, process_count)
   process_seed = int(seed) * 1_000_003 + process_index  # Different streams per process, reproducible.
 
-  if shard_records:
-    ds = tf.data.TFRecordDataset(local_files)  # Fixed order, so the record shards are disjoint.
-    ds = ds.shard(process_count, process_index)
-    if train:
-      ds = ds.repeat()
-  elif train:
-    fds = tf.data.Dataset.from_tensor_slices(local_files)
-    fds = fds.shuffle(len(local_files), seed=process_seed, reshuffle_each_iteration=True).repeat()
-    ds = fds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(local_files), 16),
-                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if train:
+    # Epoch by epoch, each shuffled with its own seed (a hash of the process seed and the epoch number), so
+    # that epoch e can be rebuilt without replaying epochs 0..e-1: a resume skips at most one epoch's
+    # records. (One shuffle over a repeated stream would make epoch e's order depend on all before it.) The
+    # cost: the shuffle buffer no longer mixes the end of one epoch with the start of the next, and it fills
+    # anew at each epoch's start.
+
+    # Records of this process per epoch, counted only to resume (local files: record headers only; remote
+    # files: one read of the share through TensorFlow).
+    share = examples_per_process(files, process_count)[process_index] if skip_examples else 1
+    _check("files", files, share > 0, f"a non-empty share of records for process {process_index}")
+    first_epoch, skip_in_epoch = divmod(skip_examples, share)
+
+    def epoch_seed(epoch, salt):
+      key = tf.stack([tf.constant(process_seed, tf.int64), epoch * 2 + salt])
+      return tf.random.stateless_uniform([], seed=key, minval=None, maxval=None, dtype=tf.int64)
+
+    def one_epoch(epoch):
+      if shard_records:
+        eds = tf.data.TFRecordDataset(local_files)  # Fixed order, so the record shards are disjoint.
+        eds = eds.shard(process_count, process_index)
+      else:
+        fds = tf.data.Dataset.from_tensor_slices(local_files)
+        fds = fds.shuffle(len(local_files), seed=epoch_seed(epoch, 0))
+        eds = fds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(local_files), 16),
+                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      return eds.shuffle(shuffle_buffer, seed=epoch_seed(epoch, 1))
+
+    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
+    # Element numbers continue across epochs and over a resume: each element's random crop depends on it.
+    ds = ds.enumerate(start=first_epoch * share)
+    if skip_in_epoch:
+      # After enumerate and before the map: skipped records are read but never parsed or decoded.
+      ds = ds.skip(skip_in_epoch)
   else:
     ds = tf.data.TFRecordDataset(local_files)
-  if train:
-    ds = ds.shuffle(shuffle_buffer, seed=process_seed, reshuffle_each_iteration=True)
+    if shard_records:
+      ds = ds.shard(process_count, process_index)
+    ds = ds.enumerate()
 
   def prepare(index, serialized):
     ex = schema.parse_tf(serialized)
@@ -226,7 +260,7 @@ def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_sec
           out["label"] = tf.cast(labels[0], tf.int32)
     return out
 
-  ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   if train:
     ds = ds.batch(batch_size, drop_remainder=True)

@@ -1,7 +1,8 @@
 """Pieces every launcher shares: config overrides, the `avcl.main` command line, free ports, dry runs.
 
-Launchers never import jax or avcl: they only build command lines and start processes, so they run on a
-laptop with nothing but Python (e.g. to drive gcloud) and stay cheap to import in tests.
+Launchers never import jax or avcl's modules (only avcl.exit_codes, which imports nothing): they only
+build command lines and start processes, so they run on a laptop with nothing but Python (e.g. to drive
+gcloud) and stay cheap to import in tests.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from avcl.exit_codes import PREEMPTED  # noqa: F401  (re-exported: the launchers' name for it)
 
 # `--override` keys are dotted config paths: `train.global_batch_size`, `seed`.
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

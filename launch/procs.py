@@ -16,6 +16,8 @@ import threading
 import time
 from collections.abc import Sequence
 
+from launch import common
+
 
 @dataclasses.dataclass
 class Member:
@@ -50,6 +52,9 @@ def run_group(members: Sequence[Member], *, cwd: str | None = None, grace_s: flo
   """Starts every member, waits for all, returns 0 or the exit status of the first member that failed.
 
   A member killed by a signal counts as failed with status 128 + signal (the shell's convention).
+  A member that exits with common.PREEMPTED (saved a checkpoint after SIGTERM) has not failed: the others
+  are left to finish their part of that save, and the group returns PREEMPTED once all have exited with 0
+  or PREEMPTED.
   `timeout_s` bounds the whole group (then everything is stopped and 124 is returned, as `timeout` does).
   """
   echo = echo or sys.stderr
@@ -78,9 +83,14 @@ def run_group(members: Sequence[Member], *, cwd: str | None = None, grace_s: flo
       if received:
         print(f"[launch] got signal {received[0]}: stopping all processes", file=echo, flush=True)
         _stop(procs, grace_s)
+        # SIGTERM passed on to avcl.main makes it save and exit PREEMPTED; report that, so a sweep resumes
+        # the run later instead of counting it failed.
+        if all(p.returncode in (0, common.PREEMPTED) for p in procs) and any(
+            p.returncode == common.PREEMPTED for p in procs):
+          return common.PREEMPTED
         return 128 + received[0]
       codes = [p.poll() for p in procs]
-      failed = [(i, c) for i, c in enumerate(codes) if c is not None and c != 0]
+      failed = [(i, c) for i, c in enumerate(codes) if c is not None and c not in (0, common.PREEMPTED)]
       if failed:
         i, code = failed[0]
         status = code if code > 0 else 128 - code
@@ -88,8 +98,8 @@ def run_group(members: Sequence[Member], *, cwd: str | None = None, grace_s: flo
               "stopping the others", file=echo, flush=True)
         _stop(procs, grace_s)
         return status
-      if all(c == 0 for c in codes):
-        return 0
+      if all(c is not None for c in codes):
+        return common.PREEMPTED if common.PREEMPTED in codes else 0
       if timeout_s is not None and time.monotonic() - start > timeout_s:
         print(f"[launch] group ran past {timeout_s:.0f} s: stopping all processes", file=echo, flush=True)
         _stop(procs, grace_s)

@@ -12,6 +12,8 @@ A sweep config is an ordinary config file (`get_config()`, the base of every run
 Run `i` goes to `WORKDIR_ROOT/<name>`, the name built from its overrides (`frame_size=16,seed=0`). A run
 whose `eval/results.json` already exists is skipped, so re-running a sweep resumes it. A failed run is
 reported and the sweep goes on (`--stop-on-failure` to stop); the exit status is non-zero if any failed.
+A preempted run (exit status 75, avcl.exit_codes.PREEMPTED: SIGTERM, checkpoint saved) is neither: the
+sweep stops there and exits 75, and re-running the sweep resumes that run from its checkpoint.
 At the end the results (`WORKDIR/eval/results.json`) are gathered into `WORKDIR_ROOT/summary.json` and a
 table, with mean and standard deviation over seeds when `seed` is one of the swept keys.
 """
@@ -132,7 +134,9 @@ def summarise(sweep: Sequence[dict], names: Sequence[str], root: str, score: str
     for k in ("wall_s", "exit_status"):
       if k in info:
         row[k] = info[k]
-    if info.get("exit_status", 0) != 0:
+    if info.get("exit_status", 0) == common.PREEMPTED:
+      row["status"] = "preempted"  # Stopped with a checkpoint; the next sweep run resumes it.
+    elif info.get("exit_status", 0) != 0:
       row["status"] = "failed"
     speeds = [v for _, v in read_scalars(join_path(root, name), "clips_per_s")] if res is not None else []
     if speeds:  # Training throughput (compilation excluded), the mean of the logged values.
@@ -285,7 +289,7 @@ def main(argv=None) -> int:
     p.error(str(e))
 
   print(f"[sweep] {a.config}: {len(sweep)} runs under {root}", flush=True)
-  failed = []
+  failed, preempted = [], []
   if not a.summary_only:
     for i, (run, name) in enumerate(zip(sweep, names)):
       if only is not None and i not in only:
@@ -302,8 +306,7 @@ def main(argv=None) -> int:
       start = time.monotonic()
       if a.backend == "tpu":
         try:
-          _tpu(a, workdir, overrides).run(wait=True, log=f"avcl-{name}.log")
-          status = 0
+          status = _tpu(a, workdir, overrides).run(wait=True, log=f"avcl-{name}.log")
         except SystemExit as e:  # Runner raises SystemExit with the failed command.
           print(f"[sweep] {e}", flush=True)
           status = 1
@@ -319,8 +322,14 @@ def main(argv=None) -> int:
       _write_text(join_path(workdir, RUN_INFO), json.dumps(
           {"config": a.config, "overrides": overrides, "wall_s": round(seconds, 1), "exit_status": status},
           indent=1, default=str))
-      print(f"[sweep] {i + 1}/{len(sweep)} {name}: {'ok' if status == 0 else f'FAILED ({status})'} "
-            f"in {seconds:.0f} s", flush=True)
+      outcome = {0: "ok", common.PREEMPTED: "PREEMPTED (checkpoint saved; rerun the sweep to resume it)"}.get(
+          status, f"FAILED ({status})")
+      print(f"[sweep] {i + 1}/{len(sweep)} {name}: {outcome} in {seconds:.0f} s", flush=True)
+      if status == common.PREEMPTED:
+        # Neither finished nor failed: the next sweep run resumes it from its checkpoint (a preemption
+        # usually takes the whole machine, so the remaining runs are not started on it now).
+        preempted.append(name)
+        break
       if status != 0:
         failed.append(name)
         if a.stop_on_failure:
@@ -330,6 +339,7 @@ def main(argv=None) -> int:
   summary = summarise(sweep, names, root, score=a.score)
   summary["config"] = a.config
   summary["failed"] = failed
+  summary["preempted"] = preempted
   write_summary(summary, root)
   print(format_table(summary), flush=True)
   if "://" not in root and any(r["status"] == "done" for r in summary["runs"]):
@@ -339,7 +349,9 @@ def main(argv=None) -> int:
       print(f"[sweep] wrote {path}", flush=True)
   if failed:
     print(f"[sweep] {len(failed)} failed: {', '.join(failed)}", flush=True)
-  return 1 if failed else 0
+  if preempted:
+    print(f"[sweep] preempted: {', '.join(preempted)}; run the same command again to resume", flush=True)
+  return 1 if failed else common.PREEMPTED if preempted else 0
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ REMOTE_DIR = "$HOME/avcl"  # Unquoted in remote commands so the worker's shell e
 REMOTE_TARBALL = "avcl-code.tgz"  # Relative to the worker's home (scp's remote paths are).
 REMOTE_LOG = "avcl-run.log"
 REMOTE_PID = "avcl-run.pid"
+STATUS_MARKER = "avcl-exit-status"  # `run --wait` (sweeps): each worker's line "avcl-exit-status N".
 JAX_TPU = "jax[tpu]>=0.10,<0.11"  # Pulls the matching libtpu from PyPI.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,6 +80,21 @@ def parse_accelerator(name: str) -> Accelerator:
     workers = 1 if size <= 8 else size // per_host
   devices = size // 2 if gen in ("v4", "v5p") else size
   return Accelerator(f"{gen}-{size}", gen, size, workers, devices, runtime)
+
+
+def combine_statuses(output: str, workers: int) -> int:
+  """One exit status for the slice from the workers' "avcl-exit-status N" lines in `output`.
+
+  A failure (anything but 0 and common.PREEMPTED) wins; otherwise PREEMPTED if any worker was preempted;
+  0 only when every worker reported 0. Fewer lines than workers (ssh failed, a worker vanished) is 1.
+  """
+  codes = [int(m) for m in re.findall(rf"{STATUS_MARKER} (\d+)", output)]
+  failed = [c for c in codes if c not in (0, common.PREEMPTED)]
+  if failed:
+    return failed[0]
+  if len(codes) < workers:
+    return 1
+  return common.PREEMPTED if common.PREEMPTED in codes else 0
 
 
 class Tpu:
@@ -196,17 +212,26 @@ class Tpu:
       env.append(item)
     return shlex.join(["env", *env, *argv] if env else argv)
 
-  def run(self, wait: bool = False, log: str = REMOTE_LOG) -> None:
-    """Starts the run on every worker; with `wait` the ssh stays open until it ends (sweeps use this).
+  def run(self, wait: bool = False, log: str = REMOTE_LOG) -> int:
+    """Starts the run on every worker; with `wait` the ssh stays open until it ends (sweeps use this) and
+    the result is the run's exit status over all workers (`combine_statuses`); without, 0 once started.
 
     nohup + redirected stdin/stdout + background: the ssh session can end, training keeps running.
     """
     cmd = self.main_command()
-    tail = "; wait $pid" if wait else ""  # `wait` returns the run's exit status to ssh.
-    self.r.run(self.ssh(f"cd {REMOTE_DIR} || exit 1; nohup {cmd} > $HOME/{log} 2>&1 < /dev/null & "
-                        f"pid=$!; echo $pid > $HOME/{REMOTE_PID}{tail}"))
+    start = (f"cd {REMOTE_DIR} || exit 1; nohup {cmd} > $HOME/{log} 2>&1 < /dev/null & "
+             f"pid=$!; echo $pid > $HOME/{REMOTE_PID}")
     if not wait:
+      self.r.run(self.ssh(start))
       self.r.note(f"follow worker 0: python -m launch.tpu logs --name {self.a.name} --zone {self.a.zone} --follow")
+      return 0
+    # Each worker prints its run's exit status on a marked line: gcloud's own exit status over several
+    # workers does not say which status each had, and a preempted run (PREEMPTED) must not read as a failure.
+    out = self.r.run(self.ssh(f"{start}; wait $pid; s=$?; echo {STATUS_MARKER} $s; exit $s"),
+                     check=False, capture=True)
+    if self.r.dry_run:
+      return 0
+    return combine_statuses(out, self._need_accel("run").workers)
 
   def logs(self) -> None:
     if self.a.follow:

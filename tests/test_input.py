@@ -225,3 +225,30 @@ def test_training_stream_is_reproducible_from_its_seed(shard_sets):
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
   assert [ids_of(x) for x in a] != [ids_of(x) for x in c]
+
+
+@pytest.mark.parametrize("num_files,process_count", [(5, 1), (5, 2), (2, 3)])  # (2, 3): records sharded.
+def test_skip_examples_continues_the_stream_where_it_stopped(shard_sets, num_files, process_count):
+  """A resumed run skips the examples it consumed: batch k of the skipped stream is batch k + skipped of the
+  uninterrupted stream (every process, both sharding modes), including its random crop and flip."""
+  def batches(process_index, skip, n):
+    ds = inp.make_dataset(shard_sets[num_files], batch_size=3, train=True, seed=7, shuffle_buffer=32,
+                          video_random_crop=True, video_flip=True, process_index=process_index,
+                          process_count=process_count, skip_examples=skip, **KW)
+    return list(ds.take(n).as_numpy_iterator())
+  for p in range(process_count):
+    full = batches(p, 0, 12)  # 36 examples per process: past the end of the first epoch of its share.
+    resumed = batches(p, 9 * 3, 3)
+    for k, (x, y) in enumerate(zip(full[9:], resumed)):
+      for key in x:
+        np.testing.assert_array_equal(x[key], y[key], err_msg=f"process {p}, batch {9 + k}, {key}")
+  with pytest.raises(ValueError, match="skip_examples=5 is out of range"):
+    inp.make_dataset(shard_sets[5], batch_size=3, train=False, skip_examples=5, **KW)
+
+
+def test_largest_seed_reaches_tf_data_without_overflow(shard_sets):
+  """config_validation.MAX_SEED passes the per-process seed arithmetic (seed * 1_000_003 + process) in int64."""
+  from avcl import config_validation  # pylint: disable=g-import-not-at-top
+  ds = inp.make_dataset(shard_sets[5], batch_size=3, train=True, seed=config_validation.MAX_SEED,
+                        process_index=1, process_count=2, video_random_crop=True, **KW)
+  assert next(ds.as_numpy_iterator())["audio"].shape == (3, 8000)

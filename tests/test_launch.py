@@ -183,8 +183,9 @@ def test_tpu_remote_run_command_in_a_shell(tmp_path):
   """The worker-side shell line really starts the run detached, records its pid and (waiting) its status."""
   home, env = _fake_python(tmp_path, 'echo "fake python $@"\nexit 3\n')
   cmd = _remote_command(RUN_ARGS, wait=True)
-  r = subprocess.run(["bash", "-c", cmd], env=env, timeout=30)
+  r = subprocess.run(["bash", "-c", cmd], env=env, timeout=30, capture_output=True, text=True)
   assert r.returncode == 3
+  assert tpu.combine_statuses(r.stdout, workers=1) == 3  # The status line the sweep reads.
   log = (home / "avcl-run.log").read_text()
   assert "fake python -m avcl.main --config=configs/default.py --workdir=gs://b/w" in log
   assert "--config.seed=3" in log
@@ -362,6 +363,41 @@ def test_group_success_signal_and_timeout(tmp_path):
   assert procs.run_group(slow, timeout_s=0.5, grace_s=5) == 124
 
 
+def test_group_preempted_is_not_a_failure(tmp_path):
+  """A member that exits PREEMPTED (75) leaves the others to finish their save; the group reports 75."""
+  members = [procs.Member(_py(f"import sys; sys.exit({common.PREEMPTED})"), {}, str(tmp_path / "a.log")),
+             procs.Member(_py(f"import sys, time; time.sleep(1.5); print('saved'); sys.exit({common.PREEMPTED})"),
+                          {}, str(tmp_path / "b.log"))]
+  assert procs.run_group(members, grace_s=0.1) == common.PREEMPTED == 75
+  assert "saved" in (tmp_path / "b.log").read_text()  # Not stopped when the first one exited.
+  mixed = [procs.Member(_py(f"import sys; sys.exit({common.PREEMPTED})"), {}, str(tmp_path / "c.log")),
+           procs.Member(_py("import sys, time; time.sleep(0.5); sys.exit(3)"), {}, str(tmp_path / "d.log"))]
+  assert procs.run_group(mixed) == 3  # A real failure still wins.
+
+
+def test_tpu_statuses_combine_over_workers():
+  out = "w0: avcl-exit-status 0\nw1: avcl-exit-status 75\n"
+  assert tpu.combine_statuses(out, workers=2) == common.PREEMPTED
+  assert tpu.combine_statuses("avcl-exit-status 0\n" * 2, workers=2) == 0
+  assert tpu.combine_statuses("avcl-exit-status 75\navcl-exit-status 1\n", workers=2) == 1
+  assert tpu.combine_statuses("avcl-exit-status 0\n", workers=2) == 1  # A worker never reported.
+
+
+def test_sweep_stops_at_a_preempted_run_and_exits_75(tmp_path, monkeypatch, capsys):
+  """A preempted run is recorded as preempted (not failed, not done); the sweep exits 75 so a wrapper reruns it."""
+  fake = tmp_path / "fakepy"
+  fake.write_text(f"#!/bin/sh\nexit {common.PREEMPTED}\n")
+  fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+  monkeypatch.setattr(sys, "executable", str(fake))
+  root = tmp_path / "sw"
+  assert sweep.main(["--config", "configs/sweeps/tiny.py", "--workdir-root", str(root)]) == common.PREEMPTED
+  out = capsys.readouterr().out
+  assert "PREEMPTED (checkpoint saved; rerun the sweep to resume it)" in out and "2/2" not in out
+  summary = json.loads((root / "summary.json").read_text())
+  assert summary["preempted"] == [summary["runs"][0]["name"]] and summary["failed"] == []
+  assert [r["status"] for r in summary["runs"]] == ["preempted", "missing"]
+
+
 # ---- sweeps --------------------------------------------------------------------------------------
 
 def test_product_and_zip():
@@ -466,7 +502,7 @@ def test_sweep_dry_run_tpu_backend(capsys, no_subprocess):
     remote = c[-1]
     assert "--worker=all" in c
     assert f"--workdir=gs://b/sw/mix.enabled={mix.lower()}" in remote
-    assert f"--config.augment.mix.enabled={mix}" in remote and remote.endswith("wait $pid")
+    assert f"--config.augment.mix.enabled={mix}" in remote and "wait $pid" in remote
 
 
 def _results(workdir, scores, step=4):

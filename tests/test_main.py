@@ -111,3 +111,38 @@ def test_generation_marks_the_world_until_world_json(tmp_path, monkeypatch):
     embedded.generate(str(tmp_path / "w"), clips=8, workers=1, progress=False)
   assert seen["marker_during"] and (tmp_path / "w" / embedded.GENERATING_MARKER).exists()
   assert not (tmp_path / "w" / "world.json").exists()
+
+
+def test_changed_config_on_resume_exits_1_naming_the_field_unless_allowed(tmp_path):
+  """Through the CLI: a refused resume is a one-line error (exit 1, no traceback); --allow_config_change
+  gets past the check (here to the restore, which then fails on the stand-in checkpoint's shapes)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from avcl import checkpoints  # pylint: disable=g-import-not-at-top
+  from tests import tiny_data  # pylint: disable=g-import-not-at-top
+  data = tiny_data.write_pretrain_shards(str(tmp_path / "data"), num_clips=16, seconds=0.5)
+  work = tmp_path / "w"
+  config = test_tiny.get_config()
+  config.data.root = data
+  config.data.generate_if_missing = False
+  checkpoints.write_config(work, config)
+  manager = checkpoints.make_manager(work, keep=10)
+  checkpoints.save(manager, 2, {"x": np.zeros(2, np.float32)})
+  manager.wait_until_finished()
+  manager.close()
+  cmd = [sys.executable, "-m", "avcl.main", "--config", os.path.join(REPO, "configs", "test_tiny.py"),
+         "--workdir", str(work), f"--config.data.root={data}", "--config.data.generate_if_missing=False",
+         "--config.audio.n_mels=32"]
+  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert "refusing to resume" in out.stderr and "audio.n_mels: 16 -> 32" in out.stderr
+  assert "Traceback" not in out.stderr
+  allowed = subprocess.run(cmd + ["--allow_config_change"], env=env, capture_output=True, text=True,
+                           timeout=300)
+  assert "refusing to resume" not in allowed.stderr
+  assert "does not match the config's architecture" in allowed.stderr, allowed.stderr[-2000:]
+  # The restore failed, so the change never took effect: nothing recorded, config.json as it was.
+  assert not (work / checkpoints.CONFIG_CHANGES_FILE).exists()
+  assert checkpoints.load_config(work).audio.n_mels == 16

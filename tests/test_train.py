@@ -3,6 +3,7 @@
 Tiny config (configs/test_tiny.py) and in-memory batches. Tests keep test_tiny's num_steps (the schedule
 is compiled into the step) so that they share one compiled step through XLA's persistent cache.
 """
+import json
 import math
 import os
 
@@ -181,6 +182,8 @@ def test_weight_decay_skips_biases_and_norms(name):
     ("loss.impl", "fancy", "loss.impl='fancy' must be one of 'plain', 'tiled', 'ring'"),
     ("optim.name", "sgd", "optim.name='sgd' must be one of 'adamw', 'lars'"),
     ("data.frame_size", 4, "data.frame_size=4 must be an integer in [8, 1024]"),
+    ("seed", 2**31, "seed=2147483648 must be an integer in [0, 2147483647]"),
+    ("seed", -1, "seed=-1 must be an integer in [0, 2147483647]"),
 ])
 def test_invalid_field_is_named(field, value, message):
   config = default_config.get_config()
@@ -336,3 +339,139 @@ def test_learned_temperature_trains_and_is_checkpointed(tmp_path):
   state, _ = _restore_all(str(tmp_path / "t"), 6, config)
   assert np.isfinite(state["log_inv_temperature"]) and np.exp(-float(state["log_inv_temperature"])) != 0.1
   assert "log_inv_temperature" in state and "log_inv_temperature" in state["opt_state"][0].mu
+
+
+# -------------------------------------------------------------------------------------------------------
+# Resume guards: config drift, orbax leftovers (no compile: they stop before make_trainer).
+# -------------------------------------------------------------------------------------------------------
+class _Built(Exception):
+  """Raised instead of building the trainer: the checks before it passed."""
+
+
+def _workdir_with_checkpoint(tmp_path, config, step=4):
+  """A workdir as a first start leaves it: config.json and one finished checkpoint (a stand-in state)."""
+  work = tmp_path / "w"
+  checkpoints.write_config(work, config)
+  manager = checkpoints.make_manager(work, keep=10)
+  checkpoints.save(manager, step, {"x": np.zeros(2, np.float32)})
+  manager.wait_until_finished()
+  manager.close()
+  return work
+
+
+@pytest.fixture
+def no_trainer(monkeypatch):
+  def built(*a, **k):
+    raise _Built()
+  monkeypatch.setattr(train, "make_trainer", built)
+
+
+def test_resume_with_changed_config_is_refused_naming_every_field(tmp_path, no_trainer):
+  config = test_tiny.get_config()
+  work = _workdir_with_checkpoint(tmp_path, config)
+  stored = (work / "config.json").read_text()
+  changed = test_tiny.get_config()
+  changed.audio.n_mels = 32
+  changed.augment.gain_db = 3.0
+  changed.train.num_steps = 8  # Free to change: not named in the error.
+  with pytest.raises(checkpoints.ConfigChangedError) as e:
+    train.train(changed, str(work), batches=_batches(changed))
+  msg = str(e.value)
+  assert "from step 4" in msg and "2 field(s)" in msg
+  assert "audio.n_mels: 16 -> 32" in msg and "augment.gain_db: 6.0 -> 3.0" in msg
+  assert "train.num_steps" not in msg.split("Fields free")[0]
+  assert checkpoints.resumable("eval.tasks") and not checkpoints.resumable("evaluation.x")
+  assert not checkpoints.resumable("data.root") and not checkpoints.resumable("train.num_steps_x")
+  assert "--allow_config_change" in msg
+  # Nothing was overwritten or logged by the refused resume.
+  assert (work / "config.json").read_text() == stored
+  assert not (work / checkpoints.CONFIG_CHANGES_FILE).exists()
+
+
+def _workdir_with_restorable_checkpoint(tmp_path, config):
+  """A workdir whose checkpoint at train.num_steps holds a real initial state: a resume restores it and has
+  no step left to run (nothing compiles but the initialiser)."""
+  work = tmp_path / "w"
+  checkpoints.write_config(work, config)
+  trainer = train.make_trainer(config, sharding.make_mesh())
+  manager = checkpoints.make_manager(work, keep=10)
+  checkpoints.save(manager, config.train.num_steps, trainer.init())
+  manager.wait_until_finished()
+  manager.close()
+  return work
+
+
+def test_allowed_and_free_config_changes_are_logged_after_the_restore(tmp_path):
+  config = test_tiny.get_config()
+  work = _workdir_with_restorable_checkpoint(tmp_path, config)
+  free = test_tiny.get_config()
+  free.train.log_every = 1
+  free.train.keep_checkpoints = 5
+  free.eval.batch_size = 8  # Evaluation's fields never change training.
+  assert train.train(free, str(work), batches=_batches(free))["status"] == "done"  # No flag needed.
+  changed = test_tiny.get_config()
+  changed.augment.gain_db = 3.0  # Same parameter shapes, other training: needs the flag.
+  with pytest.raises(checkpoints.ConfigChangedError, match="augment.gain_db: 6.0 -> 3.0"):
+    train.train(changed, str(work), batches=_batches(changed))
+  assert train.train(changed, str(work), batches=_batches(changed), allow_config_change=True)["step"] == 6
+  records = [json.loads(line) for line in (work / checkpoints.CONFIG_CHANGES_FILE).read_text().splitlines()]
+  assert [r["step"] for r in records] == [6, 6]
+  assert not records[0]["allowed_by_flag"] and records[1]["allowed_by_flag"]
+  assert records[0]["changes"] == {"eval.batch_size": {"old": 16, "new": 8},
+                                   "train.keep_checkpoints": {"old": 10, "new": 5},
+                                   "train.log_every": {"old": 2, "new": 1}}
+  assert records[1]["changes"] == {"augment.gain_db": {"old": 6.0, "new": 3.0},
+                                   "eval.batch_size": {"old": 8, "new": 16},
+                                   "train.keep_checkpoints": {"old": 5, "new": 10},
+                                   "train.log_every": {"old": 1, "new": 2}}
+  # config.json now holds the config the run continues with, so the next resume compares with that.
+  assert checkpoints.load_config(work).augment.gain_db == 3.0
+  assert not [p for p in os.listdir(work) if ".tmp" in p]  # The atomic writes left no temporary file.
+  train.train(changed, str(work), batches=_batches(changed))
+  assert len((work / checkpoints.CONFIG_CHANGES_FILE).read_text().splitlines()) == 2  # No change, no line.
+
+
+def test_new_run_without_checkpoint_writes_its_config(tmp_path, no_trainer):
+  """A run killed before its first checkpoint trained nothing: a restart with another config just starts."""
+  work = tmp_path / "w"
+  checkpoints.write_config(work, test_tiny.get_config())
+  changed = test_tiny.get_config()
+  changed.audio.n_mels = 32
+  with pytest.raises(_Built):
+    train.train(changed, str(work), batches=_batches(changed))
+  assert checkpoints.load_config(work).audio.n_mels == 32
+  assert not (work / checkpoints.CONFIG_CHANGES_FILE).exists()
+
+
+def test_unfinished_orbax_saves_are_removed_before_listing(tmp_path, no_trainer):
+  config = test_tiny.get_config()
+  work = _workdir_with_checkpoint(tmp_path, config, step=2)
+  ckpt = work / checkpoints.CHECKPOINT_DIR
+  # What a save killed midway leaves (orbax 0.12 names; older versions append -<timestamp>).
+  for name in ("4.orbax-checkpoint-tmp", "6.orbax-checkpoint-tmp-1733100000"):
+    (ckpt / name / "state").mkdir(parents=True)
+    (ckpt / name / "state" / "junk").write_bytes(b"x" * 10)
+  with pytest.raises(_Built):
+    train.train(config, str(work), batches=_batches(config))
+  assert sorted(os.listdir(ckpt)) == ["2"]
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_train_batches_after_a_resume_are_the_uninterrupted_ones(tmp_path_factory, monkeypatch, process_count):
+  """make_train_batches at start_step s (what a resume reads, real tf.data) yields batch s, s+1, ... of the
+  stream from step 0, on every process; steps past the end of an epoch (32 clips, 16 per step) included."""
+  root = tiny_data.write_pretrain_shards(str(tmp_path_factory.mktemp("data")), num_clips=32, seconds=1.0)
+  config = test_tiny.get_config()
+  config.data.root = root
+  local = config.train.global_batch_size // process_count
+  monkeypatch.setattr(jax, "process_count", lambda: process_count)
+  for p in range(process_count):
+    monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+    it = train.make_train_batches(config, local, start_step=0)
+    full = [next(it) for _ in range(7)]
+    it = train.make_train_batches(config, local, start_step=5)
+    resumed = [next(it) for _ in range(2)]
+    for k, (x, y) in enumerate(zip(full[5:], resumed)):
+      for key in x:
+        np.testing.assert_array_equal(x[key], y[key], err_msg=f"process {p}, step {5 + k}, {key}")
+    assert not np.array_equal(full[5]["audio"], full[6]["audio"])  # The comparison sees distinct batches.

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from avcl import checkpoints, train
+from avcl import checkpoints, exit_codes, train
+from launch import sweep
 from tests import test_train, tiny_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,11 +62,25 @@ def _adam_counts(state):
   return [int(x) for x in jax.tree.leaves(state["opt_state"]) if np.ndim(x) == 0]
 
 
+def _losses(workdir):
+  """{step: loss} from the run's TensorBoard events; a step logged twice (by a killed run and again after
+  its resume) keeps the later value (event files are named by their start time)."""
+  out = {}
+  for step, value in sweep.read_scalars(str(workdir), "loss"):
+    out[step] = value
+  return out
+
+
 @pytest.mark.slow
 def test_sigkill_then_restart_resumes_from_last_checkpoint(tmp_path, env, data_root):
+  """SIGKILL mid-run, restart: it resumes from the newest checkpoint and, through the real tf.data pipeline,
+  reads the batches the uninterrupted run read, so every step's loss equals that run's."""
+  steps = ["--config.train.num_steps=12", "--config.train.checkpoint_every=2", "--config.train.log_every=1"]
+  ref = subprocess.run(_main_cmd(tmp_path / "ref", data_root, *steps), env=env, capture_output=True, text=True,
+                       timeout=600)
+  assert ref.returncode == 0, (ref.stdout + ref.stderr)[-3000:]
   work = tmp_path / "w"
-  cmd = _main_cmd(work, data_root, "--config.train.num_steps=12", "--config.train.checkpoint_every=2",
-                  "--config.train.log_every=1")
+  cmd = _main_cmd(work, data_root, *steps)
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     assert _wait_for(proc, lambda: any(s >= 4 for s in _finished_steps(work)), timeout=400), \
@@ -92,6 +107,13 @@ def test_sigkill_then_restart_resumes_from_last_checkpoint(tmp_path, env, data_r
   assert set(_adam_counts(final)) == {12}  # The optimizer's step count continued too.
   assert set(_adam_counts(at_kill)) == {killed_at}
 
+  # The loss curve: steps after the resume (and before the kill) equal the uninterrupted run's. Before this
+  # was fixed tf.data was reseeded with the resume step, and every step after the resume differed.
+  expected, got = _losses(tmp_path / "ref"), _losses(work)
+  assert sorted(expected) == sorted(got) == list(range(1, 13))
+  np.testing.assert_allclose([got[s] for s in range(1, 13)], [expected[s] for s in range(1, 13)], rtol=1e-5,
+                             err_msg=f"loss per step, killed at checkpoint {killed_at} and resumed")
+
 
 @pytest.mark.slow
 def test_sigterm_saves_before_exit(tmp_path, env, data_root):
@@ -107,7 +129,8 @@ def test_sigterm_saves_before_exit(tmp_path, env, data_root):
   finally:
     if proc.poll() is None:
       proc.kill()
-  assert proc.returncode == 0, log[-3000:]
+  assert proc.returncode == exit_codes.PREEMPTED, log[-3000:]  # Not 0: a sweep must resume it.
+  assert "exiting with status 75; rerun the same command to resume" in log
   saved = re.search(r"SIGTERM: saved checkpoint step (\d+), stopping", log)
   assert saved, log[-3000:]
   step = int(saved.group(1))
