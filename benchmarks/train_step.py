@@ -90,11 +90,14 @@ def _synthetic_batch(config, rng):
 
 
 def _model_flops_on_cpu(config, batch) -> float:
-  """FLOPs of the step's lowered HLO for one CPU device: the count when this backend gives none.
+  """FLOPs of the step's lowered HLO for one CPU device: the global step's model FLOPs.
 
-  JAX 0.11 on a GPU returns no cost analysis for lowered HLO, and the compiled GPU step's count leaves out
-  the convolutions that cuDNN runs (seen on an H200: 2.45 GFLOP for a step whose HLO holds 15.8), so the
-  same step is traced again for the CPU backend, which is lowered only, never compiled or run.
+  Used when the devices at hand cannot give that count: JAX 0.11 on a GPU returns no cost analysis for
+  lowered HLO, and the compiled GPU step's count leaves out the convolutions that cuDNN runs (seen on an
+  H200: 2.45 GFLOP for a step whose HLO holds 15.8); and on a mesh of several devices the lowered HLO
+  counts the bodies of its shard_maps (the mixing partners' move, the per-shard frontend, the loss) for one
+  device's shard, not for the global batch. So the same step is traced again for one CPU device, which is
+  lowered only, never compiled or run.
   """
   mesh = sharding.make_mesh(jax.devices("cpu")[:1])
   trainer = train.make_trainer(config, mesh)
@@ -134,7 +137,7 @@ class _Bench:
       t0 = time.perf_counter()
       lowered = trainer.step.lower(self.state, batch)
       # The lowered (unoptimised) HLO's count is the same on every backend: the model FLOPs of MFU.
-      self.model_flops = _flops(lowered)
+      self.model_flops = _flops(lowered) if mesh.devices.size == 1 else float("nan")
       self.compiled = lowered.compile()
       self.compile_s = time.perf_counter() - t0
       _progress(name, f"step compiled in {self.compile_s:.1f} s")
