@@ -688,9 +688,9 @@ def test_two_processes_match_one_and_resume_on_the_same_step(tmp_path, monkeypat
   two_losses = first[0]["losses"] + resumed[0]["losses"]
   assert [s for s, _ in two_losses] == [1, 2, 3, 4] == [s for s, _ in single[0]["losses"]]
   # Step 1 (the forward pass: data, mixing partners, encoders, loss) agrees to float32 rounding; later steps
-  # carry the summation order of the cross-process gradient all-reduce (gloo) through Adam, which scales
-  # tiny gradient components up: 2.1e-5 relative at step 2 was measured, while another partner map or batch
-  # moves the loss by ~1e-2.
+  # carry the two layouts' rounding differences (summation orders of cross-process reductions, likely)
+  # through Adam, which scales tiny gradient components up: 2.1e-5 relative at step 2 was measured, while
+  # another partner map or batch moves the loss by ~1e-2.
   np.testing.assert_allclose(two_losses[0][1], single[0]["losses"][0][1], rtol=2e-6)
   np.testing.assert_allclose([l for _, l in two_losses], [l for _, l in single[0]["losses"]], rtol=1e-4)
   assert sorted(os.listdir(os.path.join(two, "checkpoints")), key=int)[-1] == "4"
