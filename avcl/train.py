@@ -40,8 +40,11 @@ from avcl import augment as augment_lib
 from avcl import checkpoints, config_validation, models, optim, sharding
 from avcl import frontend as frontend_lib
 
-# Minimum temperature when it is learned (CLIP's 1/100 clamp): below it the logits overflow.
+# Minimum temperature when it is learned (CLIP's 1/100 clamp): below it the logits overflow. The clamp is
+# on the parameter (log_inv_temperature <= MAX_LOG_INV_TEMPERATURE after every update), not on its use: a
+# clamp on the use has zero gradient past it, so a parameter pushed past it could never come back.
 MIN_TEMPERATURE = 0.01
+MAX_LOG_INV_TEMPERATURE = -math.log(MIN_TEMPERATURE)
 
 
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -157,7 +160,8 @@ def make_loss_fn(config: ml_collections.ConfigDict, split_def: nnx.GraphDef, mes
                                       second_view="logmel2" in needed)
     embeddings = model({k: views[k] for k in sorted(needed)}, train=True)
     if "log_inv_temperature" in trainable:
-      temperature = jnp.maximum(jnp.exp(-trainable["log_inv_temperature"]), MIN_TEMPERATURE)
+      # step_fn keeps the parameter <= MAX_LOG_INV_TEMPERATURE, so this is >= MIN_TEMPERATURE with a gradient.
+      temperature = jnp.exp(-trainable["log_inv_temperature"])
     else:
       temperature = config.loss.temperature
     loss, metrics = losses.contrastive_loss(embeddings, pairs, temperature, mesh=mesh, axis=sharding.DATA_AXIS,
@@ -189,7 +193,9 @@ def make_step_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: 
     _, params, rest = _split_parts(nnx.merge(graphdef, state["model"]))
     trainable = {"model": params}
     if "log_inv_temperature" in state:
-      trainable["log_inv_temperature"] = state["log_inv_temperature"]
+      # Clipped on the way in too: a checkpoint of the code that clamped only the temperature's use may hold
+      # a parameter past the clamp (outside the gradient path, so no tie-splitting of the gradient).
+      trainable["log_inv_temperature"] = jnp.minimum(state["log_inv_temperature"], MAX_LOG_INV_TEMPERATURE)
     key = jax.random.fold_in(train_key, state["step"])
     (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, rest, batch, key)
     updates, opt_state = tx.update(grads, state["opt_state"], trainable)
@@ -198,7 +204,7 @@ def make_step_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: 
     new_state = {"model": nnx.to_pure_dict(nnx.state(model)), "opt_state": opt_state,
                  "step": state["step"] + 1}
     if "log_inv_temperature" in trainable:
-      new_state["log_inv_temperature"] = trainable["log_inv_temperature"]
+      new_state["log_inv_temperature"] = jnp.minimum(trainable["log_inv_temperature"], MAX_LOG_INV_TEMPERATURE)
     metrics = dict(metrics, loss=loss, learning_rate=schedule(state["step"]),
                    grad_norm=optax.global_norm(grads))
     if return_grads:

@@ -341,6 +341,35 @@ def test_learned_temperature_trains_and_is_checkpointed(tmp_path):
   assert "log_inv_temperature" in state and "log_inv_temperature" in state["opt_state"][0].mu
 
 
+def test_learned_temperature_recovers_from_its_clamp():
+  """The clamp is on the parameter: past it (as the code that clamped only its use could leave it) the next
+  update clips it to the clamp, and from there the loss's gradient moves it back. Clamping only the use gave
+  it a zero gradient past the clamp, so it stayed there for good."""
+  config = test_tiny.get_config()
+  config.loss.learn_temperature = True
+  config.optim.warmup_steps = 0
+  config.optim.learning_rate = 0.1  # Adam moves the scalar by about this much per step.
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  trainer = train.make_trainer(config, mesh)
+  step = jax.jit(train.make_step_fn(config, trainer.graphdef, trainer.tx, trainer.schedule, mesh,
+                                    return_grads=True), compiler_options=FAST)
+  state = trainer.init()
+  past = train.MAX_LOG_INV_TEMPERATURE + 1.0  # Temperature 0.0037, below the 0.01 clamp.
+  state["log_inv_temperature"] = jax.device_put(np.float32(past), trainer.state_sharding["log_inv_temperature"])
+  params, grads_seen = [], []
+  for s in range(4):
+    state, metrics, grads = step(state, sharding.global_batch_from_local(tiny_data.global_batch(s, config), mesh))
+    params.append(float(state["log_inv_temperature"]))
+    grads_seen.append(float(grads["log_inv_temperature"]))
+    assert float(metrics["temperature"]) >= train.MIN_TEMPERATURE * (1 - 1e-6)
+  assert all(g != 0 for g in grads_seen), grads_seen
+  assert all(p <= train.MAX_LOG_INV_TEMPERATURE for p in params), params
+  # Random embeddings at the clamp's temperature give a loss far above log(batch): it wants a higher
+  # temperature, so the parameter leaves the clamp and keeps falling.
+  assert params[-1] < train.MAX_LOG_INV_TEMPERATURE - 0.1, params
+  assert params[1] > params[2] > params[3], params
+
+
 # -------------------------------------------------------------------------------------------------------
 # Resume guards: config drift, orbax leftovers (no compile: they stop before make_trainer).
 # -------------------------------------------------------------------------------------------------------
