@@ -2,8 +2,9 @@
 
 Clip embedding: the clip is cut into windows of `window_seconds` every `hop_seconds`, enough to cover it
 to its last sample (the last window, or the only one of a clip shorter than a window, is zero-padded); each
-window goes through the frontend and the audio encoder (`AVModel.encode`: by default, `config.eval.features =
-"pooled"`, the globally pooled conv features before the encoder's fc; see docs/evaluation.md for why); the
+window goes through the frontend and the audio encoder (`AVModel.encode` at the layer `config.eval.features`:
+"stats" in configs/default.py, the mean and standard deviation over time of CNN14's last conv map; "pooled",
+the globally pooled conv features before the encoder's fc; or "output"; see docs/evaluation.md for why); the
 clip embedding is the mean over its windows. The encoder sees windows of one fixed
 length, the length it was trained on, so one compiled function serves clips of every duration.
 
