@@ -8,7 +8,8 @@ Sized for: a 2-core, 24 GiB CPU machine (also runs unchanged on 8 simulated CPU 
 Measured (train branch, 2026-11-25, `--mode train` on a world of 1600 pretraining clips, 1 CPU device on
 the 2-core machine at load average ~2 from other jobs): 6 min 31 s wall in all (start-up, compile and
 checkpoints included; ~0.58 s per step), 660 CPU-seconds. The logged loss went from 4.29 (step 20) to 3.30
-(step 600) against a chance level of log(64) = 4.16; audio-to-video top-1 11.6% (chance 1.6%).
+(step 600) against a chance level of log(64) = 4.16; contrastive top-1 (audio-to-video and video-to-audio
+averaged) 11.6% (chance 1.6%).
 Expected: the contrastive loss falls well below log(global_batch); the eval table shows the pretrained
 encoder ahead of random initialisation (numbers in README.md, measured on main).
 """
