@@ -6,6 +6,9 @@ Layout (docs/design.md):
   WORKDIR/config_changes.jsonl    one JSON line per resume whose config differed from config.json
   WORKDIR/checkpoints/<step>/     orbax CheckpointManager, one item "state" =
                                   {"model": nnx state as a pure dict, "opt_state": optax state, "step": int32}
+  WORKDIR/initial_model.msgpack   the model state at step 0 (flax msgpack of the pure dict; process 0 writes
+                                  it atomically when a new run starts): evaluation's random-init baseline
+  WORKDIR/cpu_seconds.json        {"<step>": CPU-seconds of training process 0 up to that checkpoint}
 
 Every process calls `save` (orbax's multi-host path: each process writes the shards it owns, process 0
 commits); file operations go through etils.epath so WORKDIR may be a gs:// path.
@@ -22,11 +25,14 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import serialization
 from jax.experimental import multihost_utils
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
+INITIAL_MODEL_FILE = "initial_model.msgpack"
+CPU_SECONDS_FILE = "cpu_seconds.json"
 STATE_ITEM = "state"
 # Orbax writes a checkpoint into `<step>.orbax-checkpoint-tmp` (older versions add `-<timestamp>`) and renames
 # it when complete; a save killed midway leaves that folder behind (orbax.checkpoint.path.step.TMP_DIR_SUFFIX).
@@ -54,19 +60,20 @@ class CheckpointError(RuntimeError):
 
 
 # Config file ---------------------------------------------------------------------------------------------
-def _write_atomic(path: epath.Path, text: str) -> None:
+def _write_atomic(path: epath.Path, text: str | bytes) -> None:
   """Replaces `path` by `text` so that a reader (or a crash) sees the old file or the new one, never a part.
 
   Local files: temporary file in the same folder, fsync, rename, fsync of the folder. Remote paths (gs://):
   an object upload is already all-or-nothing, so a plain write is atomic there.
   """
   text_path = os.fspath(path)
+  data = text.encode("utf-8") if isinstance(text, str) else text
   if "://" in text_path:
-    path.write_text(text)
+    path.write_bytes(data)
     return
   tmp = f"{text_path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
+  with open(tmp, "wb") as f:
+    f.write(data)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, text_path)
@@ -172,6 +179,54 @@ def load_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
   if not path.exists():
     raise CheckpointError(f"{path} not found: {workdir} is not a training workdir (no config.json)")
   return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+
+
+# Initial model and CPU-seconds ---------------------------------------------------------------------------
+def _local_copy(x: Any) -> np.ndarray:
+  """A numpy copy of a replicated array, from this process's own shard (works with several processes)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(x)
+
+
+def write_initial_model(workdir: str | epath.Path, model_state: dict) -> None:
+  """Writes WORKDIR/initial_model.msgpack: the replicated model state (pure dict) at step 0 (process 0)."""
+  # to_state_dict: string keys throughout (nnx.List entries have int keys, which msgpack would keep as ints).
+  state = serialization.to_state_dict(jax.tree.map(_local_copy, model_state))
+  _write_atomic(epath.Path(workdir) / INITIAL_MODEL_FILE, serialization.msgpack_serialize(state))
+
+
+def read_initial_model(workdir: str | epath.Path, target: dict) -> dict | None:
+  """The step-0 model state of WORKDIR in the structure of `target` (a pure dict of the config's model, e.g.
+  of arrays or ShapeDtypeStructs), or None when the run did not write one. Raises CheckpointError naming the
+  entry whose shape differs from `target`'s."""
+  path = epath.Path(workdir) / INITIAL_MODEL_FILE
+  if not path.exists():
+    return None
+  stored = serialization.msgpack_restore(path.read_bytes())
+  try:
+    state = serialization.from_state_dict(target, stored)
+  except (ValueError, KeyError) as e:
+    raise CheckpointError(f"{path} does not match the config's architecture: {e}") from e
+  want, got = _flat_shapes(target), _flat_shapes(state)
+  for k in want:
+    if want[k] != got.get(k):
+      raise CheckpointError(f"{path}: {k} has shape {got.get(k)}, the config's architecture needs {want[k]}")
+  return state
+
+
+def read_cpu_seconds(workdir: str | epath.Path) -> dict[int, float]:
+  """{step: CPU-seconds} from WORKDIR/cpu_seconds.json ({} when absent: runs from before it was written)."""
+  path = epath.Path(workdir) / CPU_SECONDS_FILE
+  if not path.exists():
+    return {}
+  return {int(k): float(v) for k, v in json.loads(path.read_text()).items()}
+
+
+def write_cpu_seconds(workdir: str | epath.Path, seconds: dict[int, float]) -> None:
+  """Replaces WORKDIR/cpu_seconds.json by `seconds` ({step: CPU-seconds}) atomically (process 0)."""
+  text = json.dumps({str(k): round(float(v), 3) for k, v in sorted(seconds.items())}, indent=1) + "\n"
+  _write_atomic(epath.Path(workdir) / CPU_SECONDS_FILE, text)
 
 
 # Manager -------------------------------------------------------------------------------------------------

@@ -68,6 +68,19 @@ def _build(config: ml_collections.ConfigDict, bn_groups: int) -> models.AVModel:
   return models.build_model(config.model, config.audio, rngs=nnx.Rngs(init_key), bn_groups=bn_groups)
 
 
+def initial_model_state(config: ml_collections.ConfigDict) -> dict:
+  """The model state (pure dict: parameters and BatchNorm statistics) a new run of `config` starts from.
+
+  The same function and compile options as `make_trainer`'s init, on one device: the same bits as a run's
+  step 0 on any mesh of the same backend (tests/test_eval_curve.py). Evaluation uses it for runs that did
+  not write WORKDIR/initial_model.msgpack.
+  """
+  fn = jax.jit(lambda: nnx.to_pure_dict(nnx.state(_build(config, 1))),
+               compiler_options=_FAST_COMPILE if jax.default_backend() == "cpu" else None)
+  with jax.default_device(jax.local_devices()[0]):
+    return jax.device_get(fn())
+
+
 def abstract_model(config: ml_collections.ConfigDict, bn_groups: int = 1) -> tuple[nnx.GraphDef, dict]:
   """(graphdef, pure dict of jax.ShapeDtypeStruct) of the config's AVModel, without computing anything."""
   model = nnx.eval_shape(lambda: _build(config, bn_groups))
@@ -395,6 +408,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("avcl orbax temporaries cleaned")
 
+  # Process CPU-seconds (all threads: XLA, tf.data) from here on, i.e. without interpreter start-up and
+  # imports; a resumed run adds the figure recorded at the checkpoint it resumes from.
+  cpu_start = time.process_time()
   manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints)
   start = checkpoints.agreed_latest_step(manager)
   try:
@@ -403,6 +419,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     if start is None:
       state = trainer.init()
       start = 0
+      if is_main:
+        # The random-init baseline of evaluation is this exact state (docs/evaluation.md).
+        checkpoints.write_initial_model(workdir, state["model"])
       logging.info("Initialised a new run in %s", workdir)
     else:
       state = checkpoints.restore(manager, start, trainer.abstract_state)
@@ -418,6 +437,18 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     manager.close()
     raise
   last_saved = start if start > 0 else None
+  # {checkpoint step: CPU-seconds spent on the run up to it} (WORKDIR/cpu_seconds.json, for learning curves).
+  # Steps past `start` belong to an interrupted history and are dropped; a run resumed from a checkpoint
+  # without a figure (written before this file existed) cannot give totals, so it records none.
+  cpu_log: dict[int, float] | None = None
+  if is_main:
+    recorded = checkpoints.read_cpu_seconds(workdir) if start > 0 else {}
+    if start == 0 or start in recorded:
+      cpu_log = {k: v for k, v in recorded.items() if k <= start}
+    else:
+      logging.warning("%s has no CPU-seconds for step %d: %s is not written for this run", workdir, start,
+                      checkpoints.CPU_SECONDS_FILE)
+  cpu_base = cpu_log.get(start, 0.0) if cpu_log is not None else 0.0
 
   num_steps = config.train.num_steps
   if batches is None:
@@ -451,6 +482,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     drain(0)  # Every step up to s is verified finite before its state is written.
     checkpoints.save(manager, s, state)
     last_saved = s
+    if cpu_log is not None:
+      cpu_log[s] = cpu_base + time.process_time() - cpu_start
+      checkpoints.write_cpu_seconds(workdir, cpu_log)
 
   try:
     with jax.transfer_guard("disallow"):

@@ -122,8 +122,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.global_batch_size = 64  # Clips per step over all devices and processes.
   c.train.num_steps = 600  # Optimizer steps.
   c.train.log_every = 20  # Steps between metric logs.
-  c.train.checkpoint_every = 200  # Steps between checkpoints.
-  c.train.keep_checkpoints = 3  # Checkpoints kept on disk.
+  # Every checkpoint is a point of the learning curve (`python -m avcl.evaluate --workdir W --curve`): 12 of
+  # them, all kept (the default model's checkpoint is small).
+  c.train.checkpoint_every = 50  # Steps between checkpoints.
+  c.train.keep_checkpoints = 12  # Checkpoints kept on disk (the newest); older ones are deleted.
 
   c.eval = ml_collections.ConfigDict()
   c.eval.tasks = ("keyword", "speaker", "language", "instrument", "sound_events")  # Downstream tasks.
@@ -138,6 +140,10 @@ def get_config() -> ml_collections.ConfigDict:
   # validation score of the pretrained encoder over the five tasks and three seeds (docs/evaluation.md).
   c.eval.features = "stats"
   c.eval.baselines = ("random_init", "logmel")  # Baselines scored beside the pretrained encoder.
+  # random_init is the run's step-0 model; its BatchNorm statistics (mean 0, variance 1 at init, which leaves
+  # the raw log-mel, about -14 to +5, unnormalised) are first estimated on this many windows of each task's
+  # training clips (0: keep them). At most 4096: the windows go through the encoder as one batch.
+  c.eval.bn_calibration_windows = 256
   c.eval.probe = "linear"  # Probe on frozen embeddings: "linear" (softmax/sigmoid) or "mlp".
   c.eval.mlp_hidden = 512  # Hidden width of the MLP probe.
   c.eval.finetune = False  # Also fine-tune the whole encoder per task (slow on CPU); score "finetuned".

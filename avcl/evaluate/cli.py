@@ -1,6 +1,7 @@
-"""`python -m avcl.evaluate --workdir W [--tasks ...] [--probe linear|mlp] [--step N]`.
+"""`python -m avcl.evaluate --workdir W [--tasks ...] [--probe linear|mlp] [--step N | --curve]`.
 
-Evaluates a training run's checkpoint on downstream tasks and writes W/eval/results.{json,md,png}.
+Evaluates a training run's checkpoint on downstream tasks and writes W/eval/results.{json,md,png}; with
+--curve, scores every kept checkpoint on the validation splits and writes W/eval/curve.{json,md,png}.
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--probe", choices=("linear", "mlp"), default=None, help="default: config.eval.probe")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   p.add_argument("--finetune", action="store_true", help="also fine-tune the whole encoder (slow on CPU)")
+  p.add_argument("--curve", action="store_true",
+                 help="learning curve: score every kept checkpoint on the validation splits against its step "
+                      "and the run's CPU-seconds, beside the baselines; writes WORKDIR/eval/curve.{json,md,png}")
   p.add_argument("--data_root", default=None, help="embedded world root (default: the run's data.root)")
   p.add_argument("--tfds_data_dir", default=None, help="TFDS data dir holding prepared datasets")
   p.add_argument("--audioset_dir", default=None, help="directory of AudioSet DMVR TFRecords")
@@ -36,9 +40,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  if args.curve and (args.step is not None or args.finetune):
+    raise SystemExit("error: --curve scores every kept checkpoint without fine-tuning: drop --step/--finetune")
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
   logging.getLogger("avcl").setLevel(logging.INFO)  # Our progress lines, without orbax's INFO chatter.
-  from avcl.evaluate import runner
+  from avcl.evaluate import curve, runner  # pylint: disable=g-import-not-at-top  (--help without JAX)
   config = None
   overrides = {"data.root": args.data_root, "eval.tfds_data_dir": args.tfds_data_dir,
                "eval.audioset_dir": args.audioset_dir,
@@ -50,6 +56,9 @@ def main(argv=None) -> int:
         section, field = key.split(".")
         config[section][field] = value
   tasks = [t for arg in args.tasks for t in arg.split(",") if t] if args.tasks else None
+  if args.curve:
+    curve.learning_curve(args.workdir, config, tasks, probe=args.probe, progress=not args.no_progress)
+    return 0
   runner.evaluate(args.workdir, config, tasks, step=args.step, probe=args.probe,
                   finetune=True if args.finetune else None, progress=not args.no_progress)
   return 0

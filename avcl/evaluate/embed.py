@@ -27,6 +27,7 @@ import tqdm
 from flax import nnx
 
 from avcl import frontend as frontend_lib
+from avcl.models.batch_norm import BatchNorm
 
 
 def audio_encoder_name(model) -> str:
@@ -143,6 +144,62 @@ class Embedder:
     feats = self.window_features(windows.reshape(n * k, -1)).reshape(n, k, self.dim)
     timestamps = np.broadcast_to(centres * (1000.0 / self.sample_rate), (n, k)).astype(np.float32)
     return feats, timestamps
+
+
+def sample_windows(clips: Iterable[np.ndarray], window: int, hop: int, n: int, seed: int) -> np.ndarray:
+  """A uniform sample of `n` of the windows `frame_windows` cuts from `clips` (all of them if fewer).
+
+  Reservoir sampling (Algorithm R, numpy generator seeded by `seed`): one pass, memory for `n` windows,
+  whatever the number of clips. Returns f32[min(n, windows), window] in the order the windows came.
+  """
+  if n < 1:
+    raise ValueError(f"config.eval.bn_calibration_windows must be >= 1 to sample windows, got {n}")
+  rng = np.random.default_rng(seed)
+  kept, order = [], []
+  seen = 0
+  for clip in clips:
+    for w in frame_windows(clip, window, hop):
+      if seen < n:
+        kept.append(np.array(w))
+        order.append(seen)
+      else:
+        j = int(rng.integers(0, seen + 1))
+        if j < n:
+          kept[j], order[j] = np.array(w), seen
+      seen += 1
+  if not kept:
+    raise ValueError("no windows to calibrate BatchNorm on: the training split is empty")
+  return np.stack([kept[i] for i in np.argsort(order)])
+
+
+def calibrate_batch_norm(model, audio_cfg, windows: np.ndarray, *, encoder: str | None = None):
+  """A copy of `model` whose audio encoder's BatchNorm running statistics are those of `windows`.
+
+  windows: f32[n, samples], raw audio windows (the frontend is applied here). One train-mode forward pass
+  over all n windows as one batch with every BatchNorm's momentum at 0 stores each layer's batch mean and
+  variance, where each layer's input was normalised by the statistics of the layers before it, which are
+  the stored ones: the copy in eval mode computes on these windows exactly what that pass computed. The
+  parameters and every other module (heads, video encoder) are unchanged; `model` itself is not modified.
+  """
+  encoder = encoder or audio_encoder_name(model)
+  copy = nnx.clone(model)
+  norms = [m for _, m in nnx.iter_modules(copy.encoders[encoder]) if isinstance(m, BatchNorm)]
+  momenta = [m.momentum for m in norms]
+  for m in norms:
+    m.momentum = 0.0
+  frontend = frontend_lib.from_config(audio_cfg) if encoder == "logmel" else (lambda x: x)
+  calib_def, calib_state = nnx.split(copy)
+
+  @jax.jit
+  def run(state, x):
+    m = nnx.merge(calib_def, state)
+    m.encode(encoder, frontend(x), train=True)
+    return nnx.state(m)
+
+  nnx.update(copy, run(calib_state, jnp.asarray(windows, jnp.float32)))
+  for m, momentum in zip(norms, momenta):
+    m.momentum = momentum
+  return copy
 
 
 class LogmelStats:

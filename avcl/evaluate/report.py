@@ -106,17 +106,17 @@ def write(results: dict, out_dir: str, *, details: dict[str, Any] | None = None)
   validate_results(results)
   os.makedirs(out_dir, exist_ok=True)
   paths = {k: os.path.join(out_dir, f"results.{k}") for k in ("json", "md", "png")}
-  _write_json(paths["json"], results)
+  write_json(paths["json"], results)
   with open(paths["md"], "w") as f:
     f.write(markdown_table(results) + "\n")
   plot(results, paths["png"])
   if details is not None:
     paths["details"] = os.path.join(out_dir, "details.json")
-    _write_json(paths["details"], details)
+    write_json(paths["details"], details)
   return paths
 
 
-def _write_json(path: str, obj) -> None:
+def write_json(path: str, obj) -> None:
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2)

@@ -3,7 +3,9 @@
 `evaluate(workdir)` restores the run's audio encoder (`avcl.checkpoints.restore_model`), and for each task
 embeds its train, validation and test splits with
   * `pretrained`: the checkpoint's audio encoder,
-  * `random_init`: the same architecture with random weights (seeded by `config.seed`),
+  * `random_init`: the fair random encoder: the exact weights training started from (WORKDIR/
+    initial_model.msgpack, or rebuilt by training's own initialisation), with BatchNorm statistics
+    estimated on each task's training clips (`config.eval.bn_calibration_windows`),
   * `logmel`: mean and standard deviation over time of the log-mel bands,
 then fits the probe (`config.eval.probe`) on each embedding and scores it on the test split; optionally
 (`config.eval.finetune`) it also fine-tunes the whole encoder (`finetuned`). It writes
@@ -28,6 +30,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from avcl import checkpoints
+from avcl import train as train_lib
 from avcl.evaluate import embed as embed_lib
 from avcl.evaluate import probes, report
 from avcl.evaluate import tasks as tasks_lib
@@ -37,6 +41,8 @@ log = logging.getLogger(__name__)
 # Training features (examples x dims) above which the linear probe trains by minibatch Adam instead of
 # full-batch L-BFGS (e.g. AudioSet's 2M clips); ~400 MB of float32.
 FULL_BATCH_LIMIT = 100_000_000
+# BatchNorm calibration runs its windows through the encoder as one batch: this bounds its memory.
+MAX_BN_CALIBRATION_WINDOWS = 4096
 
 
 def validate_eval_config(e) -> None:
@@ -59,8 +65,12 @@ def validate_eval_config(e) -> None:
       bad(field, e[field], "> 0")
   for field, lo in (("batch_size", 1), ("mlp_hidden", 1), ("finetune_steps", 1),
                     ("max_examples_per_split", 0), ("audioset_sample_rate", 0)):
-    if not isinstance(e[field], (int, np.integer)) or e[field] < lo:
+    if not isinstance(e[field], (int, np.integer)) or isinstance(e[field], bool) or e[field] < lo:
       bad(field, e[field], f"an integer >= {lo}")
+  n = e.bn_calibration_windows
+  if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 0 <= n <= MAX_BN_CALIBRATION_WINDOWS:
+    bad("bn_calibration_windows", n, f"an integer in [0, {MAX_BN_CALIBRATION_WINDOWS}] (0: keep the initial "
+        "statistics)")
 
 
 def with_eval_defaults(config):
@@ -121,17 +131,51 @@ def check_param_shapes(model, reference) -> None:
                        f"checkpoint but {b.get(k, '<absent>')} in the model the config describes")
 
 
-def make_embedders(model, config, baselines: Sequence[str]) -> dict:
+def initial_model(run_config, workdir: str | None = None):
+  """The AVModel a training run started from: its parameters and BatchNorm statistics at step 0.
+
+  WORKDIR/initial_model.msgpack when the run wrote it (every run since it existed); otherwise (no workdir,
+  or an older run) rebuilt by training's own initialisation from `run_config.seed`, which gives the same
+  bits on the backend the run trained on (on another backend, float32 rounding may differ).
+  """
+  graphdef, abstract = train_lib.abstract_model(run_config)
+  state = checkpoints.read_initial_model(workdir, abstract) if workdir is not None else None
+  if state is None:
+    if workdir is not None:
+      log.warning("%s has no %s (a run from before it was written): rebuilding the initial model from "
+                  "config.seed", workdir, checkpoints.INITIAL_MODEL_FILE)
+    state = train_lib.initial_model_state(run_config)
+  return nnx.merge(graphdef, state)
+
+
+def fair_random_model(initial, config, task: tasks_lib.Task, train_examples=None):
+  """The random-init baseline for `task`: `initial` (the run's step-0 model) with its audio encoder's
+  BatchNorm statistics estimated on `config.eval.bn_calibration_windows` windows of the task's training
+  clips (0: the initial statistics, mean 0 and variance 1). train_examples: the training split's examples
+  when the caller holds them already (default: read from `task`)."""
   e = config.eval
-  kw = dict(window_seconds=e.window_seconds, hop_seconds=e.hop_seconds, batch_size=e.batch_size,
-            layer=e.features)
-  out = {"pretrained": embed_lib.Embedder(model, config.audio, **kw)}
-  if "random_init" in baselines:
-    from avcl import models
-    random_model = models.build_model(config.model, config.audio, rngs=nnx.Rngs(int(config.seed)))
-    out["random_init"] = embed_lib.Embedder(random_model, config.audio, **kw)
+  n = int(e.bn_calibration_windows)
+  if n == 0:
+    return initial
+  sr = int(config.audio.sample_rate)
+  window, hop = int(round(e.window_seconds * sr)), int(round(e.hop_seconds * sr))
+  examples = task.examples("train") if train_examples is None else train_examples
+  windows = embed_lib.sample_windows((ex.audio for ex in examples), window, hop, n, seed=int(config.seed))
+  return embed_lib.calibrate_batch_norm(initial, config.audio, windows)
+
+
+def embedder_kwargs(config) -> dict:
+  e = config.eval
+  return dict(window_seconds=e.window_seconds, hop_seconds=e.hop_seconds, batch_size=e.batch_size,
+              layer=e.features)
+
+
+def make_embedders(model, config, baselines: Sequence[str]) -> dict:
+  """The embedders shared by every task: the encoder under test and the log-mel baseline (the random-init
+  baseline is per task: `fair_random_model`)."""
+  out = {"pretrained": embed_lib.Embedder(model, config.audio, **embedder_kwargs(config))}
   if "logmel" in baselines:
-    out["logmel"] = embed_lib.LogmelStats(config.audio, batch_size=e.batch_size)
+    out["logmel"] = embed_lib.LogmelStats(config.audio, batch_size=config.eval.batch_size)
   return out
 
 
@@ -146,10 +190,11 @@ def resolve_tasks(names: Sequence[str], config) -> list[tasks_lib.Task]:
 
 def evaluate_model(model, config, *, step: int, out_dir: str | None, tasks: Sequence[str] | None = None,
                    probe: str | None = None, finetune: bool | None = None, progress: bool = True,
-                   print_table: bool = True) -> dict:
+                   print_table: bool = True, initial=None) -> dict:
   """Evaluates an in-memory model; writes the report into `out_dir` (None: write nothing).
 
-  Returns the results.json dict.
+  initial: the model training started from, for the random-init baseline (`initial_model`); None rebuilds
+  it from `config` by training's initialisation. Returns the results.json dict.
   """
   config = with_eval_defaults(config)
   e = config.eval
@@ -159,12 +204,19 @@ def evaluate_model(model, config, *, step: int, out_dir: str | None, tasks: Sequ
   if probe not in probes.PROBES:
     raise ValueError(f"probe must be one of {sorted(probes.PROBES)}, got {probe!r}")
   task_list = resolve_tasks(list(tasks or e.tasks), config)
-  embedders = make_embedders(model, config, e.baselines)
+  shared = make_embedders(model, config, e.baselines)
+  if "random_init" in e.baselines and initial is None:
+    initial = initial_model(config)
   results = {"tasks": {}, "checkpoint_step": int(step)}
   details = {"checkpoint_step": int(step), "probe": probe, "tasks": {}}
   probe_kwargs = {"hidden": int(e.mlp_hidden)} if probe == "mlp" else {}
   for task in task_list:
     t0 = time.time()
+    embedders = dict(shared)
+    if "random_init" in e.baselines:
+      embedders["random_init"] = embed_lib.Embedder(fair_random_model(initial, config, task), config.audio,
+                                                    **embedder_kwargs(config))
+      embedders = {k: embedders[k] for k in EMBEDDINGS if k in embedders}  # Report order.
     feats, labels = {}, {}
     for split in tasks_lib.SPLITS:
       feats[split], labels[split] = embed_lib.embed_examples(
@@ -209,7 +261,6 @@ def evaluate(workdir: str, config=None, tasks: Sequence[str] | None = None, *, s
   must match the checkpoint's (an error names the first field that differs). Returns the results.json
   dict; `{}` on processes other than 0. Call it on every process (the restore is collective).
   """
-  from avcl import checkpoints
   # Every process takes part in the restore (orbax synchronises processes inside it).
   model, checkpoint_config, restored_step = checkpoints.restore_model(workdir, step)
   if config is None:
@@ -220,8 +271,11 @@ def evaluate(workdir: str, config=None, tasks: Sequence[str] | None = None, *, s
     if jax.process_index() != 0:
       log.info("evaluate: process %d leaves evaluation to process 0", jax.process_index())
       return {}
+    initial = None
+    if "random_init" in with_eval_defaults(config).eval.baselines:
+      initial = initial_model(checkpoint_config, workdir)  # The run's own seed, whatever `config` says.
     return evaluate_model(model, config, step=int(restored_step), out_dir=os.path.join(workdir, "eval"),
-                          tasks=tasks, probe=probe, finetune=finetune, progress=progress)
+                          tasks=tasks, probe=probe, finetune=finetune, progress=progress, initial=initial)
   finally:
     _wait_for_process_zero()
 
