@@ -64,8 +64,8 @@ def markdown_table(results: dict, *, title: str | None = None) -> str:
   lines.append("")
   lines.append(f"Checkpoint step {results['checkpoint_step']}. Scores in percent (accuracy: top-1; mAP: "
                "macro average precision) on each task's test split; best per task in bold. "
-               "random_init: the same encoder with random weights; logmel: mean and std over time of the "
-               "log-mel bands.")
+               "random_init: the run's step-0 encoder, BatchNorm statistics estimated on the task's training "
+               "clips; logmel: mean and std over time of the log-mel bands.")
   return "\n".join(lines)
 
 
