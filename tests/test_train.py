@@ -283,10 +283,15 @@ def test_sigterm_saves_and_resume_continues_exactly(tmp_path):
   stopped = first["step"]
   assert stopped == 3  # SIGTERM arrived while fetching step 3's batch; step 3 finished, then saved.
   assert checkpoints.make_manager(work, read_only=True).all_steps() == [stopped]
+  cpu_first = checkpoints.read_cpu_seconds(work)
+  assert list(cpu_first) == [stopped] and cpu_first[stopped] > 0
   second = train.train(config, work, batches=_batches(config, start=stopped))
   assert second["status"] == "done" and second["step"] == 6
   # The resumed run logged only its own steps (log_every = 2).
   assert [s for s, _ in second["history"]] == [4, 6]
+  # CPU-seconds continue from the figure of the checkpoint the run resumed from.
+  cpu = checkpoints.read_cpu_seconds(work)
+  assert list(cpu) == [stopped, 6] and cpu[stopped] == cpu_first[stopped] and cpu[6] > cpu[stopped]
 
   resumed, steps = _restore_all(work, 6, config)
   assert steps == [stopped, 6]
