@@ -133,7 +133,8 @@ def _rows(curve: dict) -> list[tuple[str, dict]]:
 def markdown(curve: dict) -> str:
   """Scores in percent: one row per checkpoint, then the baselines' rows."""
   names = [n for n, _ in _rows(curve)]
-  lines = ["| step | CPU-s | " + " | ".join(names) + " |", "| ---: | ---: | " + " | ".join("---:" for _ in names) + " |"]
+  lines = ["| step | CPU-s | " + " | ".join(names) + " |",
+           "| ---: | ---: | " + " | ".join("---:" for _ in names) + " |"]
   for i, (step, cpu) in enumerate(zip(curve["steps"], curve["cpu_seconds"])):
     cells = [f"{100 * r['pretrained'][i]:.1f}" for _, r in _rows(curve)]
     lines.append(f"| {step} | {'' if cpu is None else f'{cpu:.0f}'} | " + " | ".join(cells) + " |")
