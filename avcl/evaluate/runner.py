@@ -134,7 +134,7 @@ def check_param_shapes(model, reference) -> None:
 def initial_model(run_config, workdir: str | None = None):
   """The AVModel a training run started from: its parameters and BatchNorm statistics at step 0.
 
-  WORKDIR/initial_model.msgpack when the run wrote it (every run since it existed); otherwise (no workdir,
+  WORKDIR/initial_model.msgpack when the run wrote it (runs since that file was introduced); otherwise (no workdir,
   or an older run) rebuilt by training's own initialisation from `run_config.seed`, which gives the same
   bits on the backend the run trained on (on another backend, float32 rounding may differ).
   """
