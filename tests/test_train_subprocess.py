@@ -191,6 +191,9 @@ def test_two_processes_agree_with_one(tmp_path, env):
   single_state = _restore(tmp_path / "single", num_steps, config)
   test_train._assert_trees_close(single_state, multi_state, rtol=1e-4,  # pylint: disable=protected-access
                                  what="2 processes vs 1 process after 3 steps")
+  # Process 0 wrote the step-0 model from its own copy of the replicated state: the same bytes as one process.
+  initial = [(tmp_path / d / checkpoints.INITIAL_MODEL_FILE).read_bytes() for d in ("mp", "single")]
+  assert initial[0] == initial[1]
 
 
 @pytest.mark.multiprocess
