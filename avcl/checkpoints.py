@@ -24,6 +24,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from data_pipeline import paths
+
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
@@ -61,7 +63,7 @@ def _write_atomic(path: epath.Path, text: str) -> None:
   an object upload is already all-or-nothing, so a plain write is atomic there.
   """
   text_path = os.fspath(path)
-  if "://" in text_path:
+  if paths.is_remote(text_path):
     path.write_text(text)
     return
   tmp = f"{text_path}.tmp-{os.getpid()}"
@@ -178,7 +180,7 @@ def load_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
 def absolute(workdir: str | epath.Path) -> epath.Path:
   """`workdir` as an absolute path: orbax refuses relative ones (remote URLs such as gs:// pass through)."""
   text = os.fspath(workdir)
-  return epath.Path(text if "://" in text else os.path.abspath(text))
+  return epath.Path(paths.absolute(text))
 
 
 def clean_orbax_temporaries(workdir: str | epath.Path) -> list[str]:

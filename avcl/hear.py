@@ -30,7 +30,7 @@ import re
 import jax
 import numpy as np
 
-from data_pipeline import schema
+from data_pipeline import paths, schema
 
 tf = schema.import_tf()  # TensorFlow with every GPU hidden (JAX keeps the accelerator).
 
@@ -149,7 +149,7 @@ class _LoadedSavedModel(tf.Module):
 def _restore(path: str):
   """(model, config, step) from a workdir or a WORKDIR/checkpoints/<step> directory."""
   from avcl import checkpoints
-  path = os.path.abspath(path.rstrip("/"))
+  path = paths.absolute(path.rstrip("/"))  # os.path's basename/dirname split URLs at "/" as well.
   step = None
   if re.fullmatch(r"\d+", os.path.basename(path)) and \
       os.path.basename(os.path.dirname(path)) == "checkpoints":
@@ -157,7 +157,7 @@ def _restore(path: str):
     path = os.path.dirname(os.path.dirname(path))
   elif os.path.basename(path) == "checkpoints":
     path = os.path.dirname(path)
-  if not os.path.exists(os.path.join(path, "config.json")):
+  if not paths.exists(paths.join(path, "config.json")):
     raise FileNotFoundError(f"{path!r} is not an avcl workdir (no config.json): pass a training workdir, "
                             "a WORKDIR/checkpoints/<step> directory or a SavedModel from export_saved_model")
   return checkpoints.restore_model(path, step)
@@ -167,14 +167,14 @@ def load_model(model_file_path: str = "") -> tf.Module:
   """Loads an avcl audio encoder for HEAR.
 
   model_file_path: a training workdir (latest checkpoint), a `WORKDIR/checkpoints/<step>` directory, or a
-  SavedModel directory written by `export_saved_model`. Returns a tf.Module with `sample_rate`,
-  `scene_embedding_size` and `timestamp_embedding_size`.
+  SavedModel directory written by `export_saved_model` (`python -m avcl.export`); local or gs://. Returns a
+  tf.Module with `sample_rate`, `scene_embedding_size` and `timestamp_embedding_size`.
   """
   if not model_file_path:
     raise ValueError("avcl.hear.load_model needs model_file_path: an avcl workdir or checkpoint directory")
-  if not os.path.exists(model_file_path):
+  if not paths.exists(model_file_path):
     raise FileNotFoundError(f"avcl.hear.load_model: {model_file_path!r} does not exist")
-  if os.path.exists(os.path.join(model_file_path, "saved_model.pb")):
+  if paths.exists(paths.join(model_file_path, "saved_model.pb")):
     return _LoadedSavedModel(tf.saved_model.load(model_file_path))
   model, config, step = _restore(model_file_path)
   return AvclHearModel(model, config, step)

@@ -30,6 +30,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from data_pipeline import paths
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints, TensorBoard events "
                                "(local or gs://).")
@@ -83,10 +85,6 @@ def initialize_distributed(mode: str, coordinator: str | None, num_processes: in
   return True
 
 
-def _is_remote(path: str) -> bool:
-  return "://" in path
-
-
 def ensure_world(config) -> None:
   """Generates the embedded world at config.data.root if it is missing (once across processes)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -95,7 +93,7 @@ def ensure_world(config) -> None:
   from data_pipeline import embedded  # pylint: disable=g-import-not-at-top  (main defers its imports)
 
   root = config.data.root
-  if _is_remote(root):
+  if paths.is_remote(root):
     # Remote data is prepared beforehand (generate locally, copy with gsutil); nothing to lock.
     return
 
