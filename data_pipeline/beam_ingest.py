@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from data_pipeline import ingest, paths, schema
+from data_pipeline import ingest, optional, paths, schema
 
 log = logging.getLogger("data_pipeline.beam_ingest")
 
@@ -314,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  help="Time limit per input, seconds: a decoder past it is killed and the input skipped as "
                  "'timeout'.")
   args, pipeline_args = p.parse_known_args(argv)
+  optional.exit_if_missing("apache_beam", "python -m data_pipeline.beam_ingest")
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   options = ingest.Options(sample_rate=args.sample_rate, fps=args.fps, size=args.size,
                            jpeg_quality=args.jpeg_quality, skip_silent=args.skip_silent,
