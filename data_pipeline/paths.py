@@ -8,6 +8,7 @@ that only ask `is_remote` stay light.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -85,3 +86,48 @@ def read_text(path: str) -> str:
 
 def write_text(path: str, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def open_write(path: str):
+  """A binary file to write `path` through, streamed: it is written under a temporary name and renamed to
+  `path` once the block exits without an error (a reader never sees a part; an error leaves no file)."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  remote = is_remote(path)
+  f = _gfile().GFile(tmp, "wb") if remote else open(tmp, "wb")
+  try:
+    with f:
+      yield f
+  except BaseException:
+    (_gfile().remove if remote else os.remove)(tmp)
+    raise
+  if remote:
+    _gfile().rename(tmp, path, overwrite=True)
+  else:
+    os.replace(tmp, path)
+
+
+def open_read(path: str):
+  """A binary file object for reading `path` (local or URL), seekable."""
+  return _gfile().GFile(path, "rb") if is_remote(path) else open(path, "rb")
+
+
+def walk_files(directory: str):
+  """Every file under `directory`, recursively, sorted (local or URL)."""
+  if not is_remote(directory):
+    out = []
+    for root, dirs, files in os.walk(directory):
+      dirs.sort()
+      out += [os.path.join(root, f) for f in files]
+    return sorted(out)
+  out = []
+  for root, _, files in _gfile().walk(directory):
+    out += [join(root, f) for f in files]
+  return sorted(out)
+
+
+def remove(path: str) -> None:
+  if is_remote(path):
+    _gfile().remove(path)
+  else:
+    os.remove(path)
