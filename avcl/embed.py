@@ -61,8 +61,8 @@ AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", "
 SKIP_REASONS = ("missing", "empty", "unreadable", "no_audio", "corrupt", "non_finite")
 INDEX_COLUMNS = ("path", "status", "reason", "detail", "scene_row", "duration_s", "input_sample_rate",
                  "input_channels", "windows", "timestamps_start", "timestamps_count")
-# Input samples decoded per block: bounds a long file's memory (about 10 s of input).
-BLOCK_SECONDS = 10.0
+# Input decoded per block: what bounds a long file's memory (2 s of 44.1 kHz stereo: 0.7 MB as float32).
+BLOCK_SECONDS = 2.0
 
 
 class Skip(Exception):
@@ -255,14 +255,21 @@ class Encoder:
   window either side; zeros beyond the file's ends, as `hear` pads).
   """
 
-  def __init__(self, module, *, window: int, hop: int, ts_window: int, ts_hop: int, centres_per_segment: int):
+  def __init__(self, module, *, window: int, hop: int, ts_window: int, ts_hop: int):
     self.module = module
     self.sample_rate = int(module.sample_rate)
     self.dim = int(module.scene_embedding_size)
     self.window, self.hop, self.ts_window, self.ts_hop = window, hop, ts_window, ts_hop
     left = ts_window // 2
     self.q = math.ceil(max(left, ts_window - left) / ts_hop)
-    self.m = int(centres_per_segment)
+    # A segment is encoded as m + 2q + 1 windows, and `hear` encodes windows in chunks of hear._CHUNK (the
+    # last one zero-padded): m fills whole chunks, with at least 8q useful rows. The 2q + 1 context windows are
+    # the price of streaming: 7 of 64 at tests' tiny config (q = 3), 21 of 128 at the default (q = 10).
+    chunks = 1
+    while chunks * hear._CHUNK - 2 * self.q - 1 < 8 * self.q:  # pylint: disable=protected-access
+      chunks += 1
+    self.m = chunks * hear._CHUNK - 2 * self.q - 1  # pylint: disable=protected-access
+    self.segment_windows = self.m + 2 * self.q + 1
     self.segment = (self.m + 2 * self.q) * ts_hop
 
   def scene_windows(self, windows: np.ndarray) -> np.ndarray:
@@ -312,7 +319,7 @@ class _Batcher:
     self.scene_n = 0
     self.ts: list[tuple[int, np.ndarray, int]] = []  # (file, segment, valid rows)
     self.ts_rows = 0
-    self.ts_batch = max(1, batch_size // encoder.m)
+    self.ts_batch = max(1, batch_size // encoder.segment_windows)
 
   def add_scene(self, i: int, windows: np.ndarray) -> None:
     if windows.shape[0]:
@@ -398,8 +405,7 @@ def embed_files(module, files: Sequence[str], output: str, *, timestamps: bool =
   if index_format == "parquet":
     optional.require("pyarrow", "avcl.embed --index-format parquet")
   window, hop, ts_window, ts_hop = window_sizes(module)
-  enc = Encoder(module, window=window, hop=hop, ts_window=ts_window, ts_hop=ts_hop,
-                centres_per_segment=max(64, 8 * math.ceil(ts_window / ts_hop)))
+  enc = Encoder(module, window=window, hop=hop, ts_window=ts_window, ts_hop=ts_hop)
   sr = enc.sample_rate
   results = [FileResult(path=p) for p in files]
   paths.makedirs(output)
@@ -481,7 +487,7 @@ def _write_timestamps(ok: list[FileResult], raw_path: str, output: str, dim: int
         raw.seek(raw_row * row_bytes)
         left = k * row_bytes
         while left:
-          chunk = raw.read(min(left, 1 << 22))
+          chunk = raw.read(min(left, 1 << 20))  # 1 MiB at a time: memory stays flat.
           out.write(chunk)
           left -= len(chunk)
       row += r.timestamps_count
@@ -553,7 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--input", nargs="+", required=True, help="audio/video files and/or folders (recursive)")
   p.add_argument("--output", required=True, help="output folder (local or gs://)")
   p.add_argument("--timestamps", action="store_true", help="also write timestamp embeddings (hop from config)")
-  p.add_argument("--batch-size", type=int, default=64, help="windows per encoder call (default 64)")
+  p.add_argument("--batch-size", type=int, default=64,
+                 help="windows per encoder call (default 64; the encoder runs them 64 at a time)")
   p.add_argument("--index-format", choices=("auto", "csv", "parquet"), default="auto",
                  help="auto: Parquet when pyarrow is installed, else CSV")
   p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --output")

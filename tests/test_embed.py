@@ -159,13 +159,14 @@ def test_ten_minute_file_streams_in_bounded_memory(model, tmp_path):
     return info, peak
 
   # The first call also traces the TensorFlow functions (a one-off cost in Python memory): not measured.
-  peak_minute = peak_memory(str(tmp_path / "one_minute.wav"), "warm")[1]
-  peak_minute = peak_memory(str(tmp_path / "one_minute.wav"), "minute")[1]
+  peak_memory(str(tmp_path / "one_minute.wav"), "warm")
+  peak_short = peak_memory(str(tmp_path / "one_minute.wav"), "short")[1]
   info, peak = peak_memory(path, "out")
   assert info["embedded"] == 1 and abs(info["audio_seconds"] - secs) < 1e-3
-  # Ten times the audio, not more memory: what numpy holds at once is a block and a batch, not the file.
-  assert peak < 1.2 * peak_minute + 2**20, (peak / 2**20, peak_minute / 2**20)
-  assert peak < whole_input / 8, f"peak numpy/Python memory {peak / 2**20:.1f} MiB"
+  # Ten times the audio, not more memory: what numpy holds at once is a few blocks and a batch, not the file
+  # (measured: 13.6 MiB for the minute, 13.9 MiB for the ten minutes).
+  assert peak < 1.1 * peak_short + 2**20, (peak / 2**20, peak_short / 2**20)
+  assert peak < whole_input / 12, f"peak numpy/Python memory {peak / 2**20:.1f} MiB"
   audio = embed.load_audio(path, SR)
   ref = hear.get_scene_embeddings(audio[None], module).numpy()[0]
   scene = np.load(str(tmp_path / "out" / "scene.npy"))[0]
