@@ -44,6 +44,16 @@ def _window_count(num_samples, window: int, hop: int):
   return 1 + (extra + hop - 1) // hop
 
 
+class JaxEncoder:
+  """The JAX window encoder of an AvclHearModel: fn(weights, windows f32[b, window]) -> f32[b, dim]."""
+
+  def __init__(self, fn, weights):
+    self.fn, self.weights = fn, weights
+
+  def __call__(self, windows):
+    return self.fn(self.weights, windows)
+
+
 class AvclHearModel(tf.Module):
   """avcl audio encoder as a tf.Module with HEAR's attributes and embedding functions."""
 
@@ -80,6 +90,9 @@ class AvclHearModel(tf.Module):
       m = nnx.merge(graphdef, jax.tree.unflatten(treedef, weights))
       return m.encode(encoder, frontend(windows), train=False, layer=e.features)
 
+    # Kept for avcl.export, which converts the encoder at fixed shapes for TFLite (in a plain object, which
+    # tf.Module does not track or save, unlike a list of arrays).
+    self.jax_encoder = JaxEncoder(encode, leaves)
     # The embedding size depends on the probed layer (config.eval.features; "stats" is larger).
     dim = int(jax.eval_shape(encode, leaves, jax.ShapeDtypeStruct((1, self._window), np.float32)).shape[-1])
     self.scene_embedding_size = dim

@@ -86,7 +86,7 @@ def files(tmp_path_factory):
 def test_decoding_formats_rates_and_channels(files):
   """Each format decodes to the tone it holds, at 16 kHz, with the right length; the PCM file exactly as an
   independent one-shot read, downmix and resampling."""
-  for name, (freq, secs, rate, ch) in GOOD.items():
+  for name, (freq, secs, _, _) in GOOD.items():
     x = embed.load_audio(str(files / name), SR)
     assert abs(x.size / SR - secs) < 0.08, (name, x.size / SR)  # Lossy codecs add up to ~50 ms of priming.
     assert abs(peak_hz(x, SR) - freq) < 3.0, (name, peak_hz(x, SR))
@@ -120,7 +120,7 @@ def test_same_numbers_as_hear_and_skips_with_reasons(model, files, tmp_path, cap
   assert scene.shape == (8, module.scene_embedding_size) == (8, info["embedding_size"])
   assert ts.shape == (sum(r["timestamps_count"] for r in rows), 512) and ms.shape == ts.shape[:1]
   assert info["skipped_by_reason"] == {"unreadable": 1, "empty": 2, "no_audio": 1, "non_finite": 1, "missing": 1}
-  for name, (freq, secs, rate, ch) in GOOD.items():
+  for name, (_, _, rate, ch) in GOOD.items():
     r = by_name[name]
     assert r["status"] == "ok" and r["input_sample_rate"] == rate and r["input_channels"] == ch, r
     audio = embed.load_audio(r["path"], SR)
