@@ -9,6 +9,7 @@ that only ask `is_remote` stay light.
 from __future__ import annotations
 
 import contextlib
+import glob as _glob
 import os
 import re
 
@@ -131,3 +132,14 @@ def remove(path: str) -> None:
     _gfile().remove(path)
   else:
     os.remove(path)
+
+
+def glob(pattern: str) -> list[str]:
+  """Paths matching `pattern` (local glob, or tf.io.gfile.glob for URLs), sorted."""
+  if is_remote(pattern):
+    return sorted(_gfile().glob(pattern))
+  return sorted(_glob.glob(pattern))
+
+
+def listdir(path: str) -> list[str]:
+  return sorted(_gfile().listdir(path) if is_remote(path) else os.listdir(path))

@@ -5,6 +5,7 @@ in for gs://, through the same tf.io.gfile calls.
 """
 import json
 
+import numpy as np
 import pytest
 
 from avcl.evaluate import report, runner
@@ -59,3 +60,26 @@ def test_eval_results_and_run_config_on_a_url():
   assert "keyword" in paths.read_text(out["md"])
   assert paths.read_bytes(out["png"])[:8] == b"\x89PNG\r\n\x1a\n"
   assert json.loads(paths.read_text(out["details"])) == {"x": 1}
+
+
+def test_embedded_task_and_shards_from_a_url(tmp_path):
+  """A data root given as a URL: an evaluation task's task.json and shards are read through tf.io.gfile."""
+  from avcl.evaluate import tasks  # pylint: disable=g-import-not-at-top
+  from tests.test_eval_runner import make_world  # pylint: disable=g-import-not-at-top
+  local = str(tmp_path / "world")
+  make_world(local, {"train": 4, "validation": 2, "test": 3})
+  url = "ram://avcl-test-world"
+  for f in paths.walk_files(local):
+    rel = f[len(local) + 1:]
+    paths.makedirs(paths.join(url, *rel.split("/")[:-1]))
+    paths.write_bytes(paths.join(url, rel), paths.read_bytes(f))
+  assert schema.list_shards(paths.join(url, "tasks", "keyword"), "test")[0].startswith(url + "/tasks/keyword/")
+  a = tasks.get_task("keyword", sample_rate=16000, embedded_root=url)
+  b = tasks.get_task("keyword", sample_rate=16000, embedded_root=local)
+  got, want = list(a.read("test")), list(b.read("test"))
+  assert len(got) == len(want) == 3
+  for x, y in zip(got, want):
+    assert x.key == y.key and x.labels == y.labels
+    np.testing.assert_array_equal(x.audio, y.audio)
+  with pytest.raises(tasks.DatasetNotFoundError, match=r"tasks there: \['keyword', 'sound_events'\]"):
+    tasks.embedded_task(url, "speaker", sample_rate=16000)
