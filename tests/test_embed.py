@@ -15,8 +15,7 @@ import soxr
 from avcl import embed, hear
 from data_pipeline import paths
 from data_pipeline.synthetic_video import make_video
-from tests.test_eval_checkpoint import write_checkpoint
-from tests.test_hear import tiny_config
+from tests.encoder_fixtures import tiny_workdir  # noqa: F401  (a fixture)
 
 tf = hear.tf
 SR = 16000
@@ -33,12 +32,10 @@ def peak_hz(x, rate):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model(tiny_workdir):  # pylint: disable=redefined-outer-name
   """A tiny encoder's workdir (a real orbax checkpoint) and its avcl.hear module."""
-  workdir = str(tmp_path_factory.mktemp("embed") / "run")
-  write_checkpoint(workdir, tiny_config(), step=5, seed=4)
-  module, _ = embed.load_module(workdir=workdir)
-  return workdir, module
+  module, _ = embed.load_module(workdir=tiny_workdir)
+  return tiny_workdir, module
 
 
 # name: (frequency of the tone (Hz), seconds, rate, channels) for the good files; each written below.
@@ -148,6 +145,7 @@ def test_ten_minute_file_streams_in_bounded_memory(model, tmp_path):
       x = tone(200 + 100 * minute, 60, rate, amp=0.3) + 0.02 * rng.standard_normal(60 * rate).astype(np.float32)
       f.write(np.stack([x, x[::-1]], axis=1))
   sf.write(str(tmp_path / "one_minute.wav"), sf.read(path, frames=60 * rate, dtype="int16")[0], rate)
+  sf.write(str(tmp_path / "one_second.wav"), sf.read(path, frames=rate, dtype="int16")[0], rate)
   whole_input = secs * rate * 2 * 4  # f32 samples of the file as one array: 212 MB.
 
   def peak_memory(p, out):
@@ -159,7 +157,7 @@ def test_ten_minute_file_streams_in_bounded_memory(model, tmp_path):
     return info, peak
 
   # The first call also traces the TensorFlow functions (a one-off cost in Python memory): not measured.
-  peak_memory(str(tmp_path / "one_minute.wav"), "warm")
+  peak_memory(str(tmp_path / "one_second.wav"), "warm")
   peak_short = peak_memory(str(tmp_path / "one_minute.wav"), "short")[1]
   info, peak = peak_memory(path, "out")
   assert info["embedded"] == 1 and abs(info["audio_seconds"] - secs) < 1e-3

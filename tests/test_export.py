@@ -8,11 +8,11 @@ import textwrap
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from avcl import checkpoints, embed, export, hear
 from data_pipeline import paths
-from tests.test_eval_checkpoint import write_checkpoint
-from tests.test_hear import tiny_config
+from tests.encoder_fixtures import tiny_workdir  # noqa: F401  (a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = os.path.join(REPO, "tests", "blocked_imports.py")
@@ -57,10 +57,9 @@ LOADER = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, tiny_workdir):  # pylint: disable=redefined-outer-name
   root = tmp_path_factory.mktemp("export")
-  workdir = str(root / "run")
-  write_checkpoint(workdir, tiny_config(), step=7, seed=5)
+  workdir = tiny_workdir
   out = str(root / "saved")
   assert export.main(["--workdir", workdir, "--output", out]) == 0
   return workdir, out, root
@@ -120,11 +119,10 @@ def test_hear_and_embed_load_the_export(exported, tmp_path):
   x = np.random.default_rng(1).uniform(-0.5, 0.5, (2, 20000)).astype(np.float32)
   np.testing.assert_allclose(hear.get_scene_embeddings(x, loaded).numpy(),
                              hear.get_scene_embeddings(x, live).numpy(), rtol=1e-6, atol=1e-6)
-  import soundfile as sf  # pylint: disable=g-import-not-at-top
   sf.write(str(tmp_path / "a.wav"), x[0], 16000)
-  for flag, path, name in (("--saved-model", out, "s"), ("--workdir", workdir, "w")):
-    assert embed.main([flag, path, "--input", str(tmp_path / "a.wav"), "--output", str(tmp_path / name),
-                       "--timestamps", "--no-progress", "--index-format", "csv"]) == 0
+  for module, name in ((loaded, "s"), (live, "w")):  # What `avcl.embed --saved-model` / `--workdir` load.
+    embed.embed_files(module, [str(tmp_path / "a.wav")], str(tmp_path / name), timestamps=True, progress=False,
+                      index_format="csv")
   for f in ("scene.npy", "timestamps.npy"):
     np.testing.assert_allclose(np.load(tmp_path / "s" / f), np.load(tmp_path / "w" / f), rtol=1e-6, atol=1e-6)
   assert export.main(["--workdir", workdir, "--output", out]) == 1  # Never over an existing SavedModel.
@@ -132,11 +130,11 @@ def test_hear_and_embed_load_the_export(exported, tmp_path):
 
 def test_export_to_a_url(exported):
   """A SavedModel written to and loaded from a URL (ram:// standing in for gs://)."""
-  workdir, _, _ = exported
   url = "ram://avcl-export-test/saved"
-  info = export.export(workdir, url, tflite=True)
-  assert paths.exists(paths.join(url, "saved_model.pb")) and paths.exists(info["tflite"]["scene_window"])
+  workdir, local, _ = exported
+  info = export.export(workdir, url, tflite=False)
+  assert paths.exists(paths.join(url, "saved_model.pb")) and info["tflite"] == {}
   loaded = hear.load_model(url)
   x = np.random.default_rng(2).uniform(-0.5, 0.5, (1, 9000)).astype(np.float32)
   np.testing.assert_allclose(hear.get_scene_embeddings(x, loaded).numpy(),
-                             hear.get_scene_embeddings(x, hear.load_model(workdir)).numpy(), rtol=1e-6, atol=1e-6)
+                             hear.get_scene_embeddings(x, hear.load_model(local)).numpy(), rtol=1e-6, atol=1e-6)
