@@ -39,6 +39,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -307,6 +308,7 @@ class FileResult:
   # Running state, not written.
   scene_sum: np.ndarray | None = None
   scene_done: int = 0
+  read_done: bool = False
   ts_raw: list = dataclasses.field(default_factory=list)  # (raw row, rows) pieces in the temporary file.
 
 
@@ -357,6 +359,9 @@ class _Batcher:
     row = 0
     for i, k in owners:
       r = self.results[i]
+      if r.status != "ok":  # Skipped while its first windows were queued.
+        row += k
+        continue
       if r.scene_sum is None:
         r.scene_sum = np.zeros(self.enc.dim, np.float64)
       r.scene_sum += feats[row:row + k].sum(axis=0)
@@ -411,11 +416,26 @@ def embed_files(module, files: Sequence[str], output: str, *, timestamps: bool =
   paths.makedirs(output)
   start = time.time()
   with tempfile.TemporaryDirectory(prefix="avcl-embed-") as tmp:
-    ts_path = os.path.join(tmp, "timestamps.f32")
-    with open(ts_path, "wb") as ts_file:
+    ts_path, scene_path = os.path.join(tmp, "timestamps.f32"), os.path.join(tmp, "scene.f32")
+    with open(ts_path, "wb") as ts_file, open(scene_path, "wb") as scene_file:
       batcher = _Batcher(enc, results, batch_size, ts_file)
       bar = tqdm.tqdm(total=len(files), unit="file", desc="embedding", disable=not progress)
-      audio_s = 0.0
+      audio_s, skipped, next_row = 0.0, 0, [0, 0]  # next_row: (result index, scene row) to write next.
+
+      def drain():
+        """Writes the scene rows of the files whose windows are all encoded, in file order (they finish in
+        order), so memory holds only the files in flight, however many there are."""
+        while next_row[0] < len(results):
+          r = results[next_row[0]]
+          if r.status == "ok":
+            if not r.read_done or r.scene_done < r.windows:
+              return
+            scene_file.write((r.scene_sum / r.windows).astype(np.float32).tobytes())
+            r.scene_row = next_row[1]
+            next_row[1] += 1
+          r.scene_sum = None
+          next_row[0] += 1
+
       for i, r in enumerate(results):
         scene = Framer(window, hop)
         ts = Framer(enc.segment, enc.m * ts_hop, left_pad=enc.q * ts_hop)
@@ -438,22 +458,22 @@ def embed_files(module, files: Sequence[str], output: str, *, timestamps: bool =
                                            for j in range(len(segs))])
             r.timestamps_count = centres
           r.duration_s = round(n / sr, 6)
+          r.read_done = True
           audio_s += n / sr
         except Skip as e:
           r.status, r.reason, r.detail = "skipped", e.reason, e.detail
+          skipped += 1
         bar.update(1)
-        bar.set_postfix(audio_s=f"{audio_s:.0f}", skipped=sum(x.status != "ok" for x in results[:i + 1]))
+        bar.set_postfix(audio_s=f"{audio_s:.0f}", skipped=skipped)
+        drain()
       batcher.flush()
+      drain()
       bar.close()
     ok = [r for r in results if r.status == "ok"]
-    for row, r in enumerate(ok):
-      assert r.scene_done == r.windows, (r.path, r.scene_done, r.windows)
-      r.scene_row = row
-    scene = np.stack([r.scene_sum / r.windows for r in ok]).astype(np.float32) if ok \
-        else np.zeros((0, enc.dim), np.float32)
-    buf = io.BytesIO()
-    np.save(buf, scene)
-    paths.write_bytes(paths.join(output, "scene.npy"), buf.getvalue())
+    assert next_row == [len(results), len(ok)], next_row
+    with open(scene_path, "rb") as raw, paths.open_write(paths.join(output, "scene.npy")) as out:
+      out.write(_npy_header((len(ok), enc.dim)))
+      shutil.copyfileobj(raw, out, 1 << 20)
     if timestamps:
       _write_timestamps(ok, ts_path, output, enc.dim, 1000.0 * ts_hop / sr)
   _write_index(results, output, index_format)

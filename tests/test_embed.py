@@ -226,6 +226,12 @@ def test_cli_errors(model, files, tmp_path, capsys, monkeypatch):
   assert capsys.readouterr().err.splitlines() == [
       "error: python -m avcl.embed --index-format parquet needs the package pyarrow, which is not installed: "
       "pip install pyarrow"]
+  scene = np.load(out / "scene.npy")
   shutil.rmtree(out)
-  assert embed.main(args[:-2] + ["--index-format", "auto"]) == 0  # auto without pyarrow: CSV.
+  # A checkpoint directory names the same model; auto without pyarrow: CSV.
+  assert embed.main(["--checkpoint", os.path.join(workdir, "checkpoints", "7")] + args[2:-2]
+                    + ["--index-format", "auto"]) == 0
   assert (out / "index.csv").exists() and not (out / "index.parquet").exists()
+  np.testing.assert_array_equal(np.load(out / "scene.npy"), scene)
+  assert embed.main(["--checkpoint", workdir] + args[2:] + ["--overwrite"]) == 1
+  assert "is not a WORKDIR/checkpoints/<step> directory" in capsys.readouterr().err
