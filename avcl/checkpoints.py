@@ -28,6 +28,8 @@ from etils import epath
 from flax import serialization
 from jax.experimental import multihost_utils
 
+from data_pipeline import paths
+
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
@@ -68,7 +70,7 @@ def _write_atomic(path: epath.Path, text: str | bytes) -> None:
   """
   text_path = os.fspath(path)
   data = text.encode("utf-8") if isinstance(text, str) else text
-  if "://" in text_path:
+  if paths.is_remote(text_path):
     path.write_bytes(data)
     return
   tmp = f"{text_path}.tmp-{os.getpid()}"
@@ -233,7 +235,7 @@ def write_cpu_seconds(workdir: str | epath.Path, seconds: dict[int, float]) -> N
 def absolute(workdir: str | epath.Path) -> epath.Path:
   """`workdir` as an absolute path: orbax refuses relative ones (remote URLs such as gs:// pass through)."""
   text = os.fspath(workdir)
-  return epath.Path(text if "://" in text else os.path.abspath(text))
+  return epath.Path(paths.absolute(text))
 
 
 def clean_orbax_temporaries(workdir: str | epath.Path) -> list[str]:

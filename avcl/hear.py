@@ -30,7 +30,7 @@ import re
 import jax
 import numpy as np
 
-from data_pipeline import schema
+from data_pipeline import paths, schema
 
 tf = schema.import_tf()  # TensorFlow with every GPU hidden (JAX keeps the accelerator).
 
@@ -42,6 +42,16 @@ def _window_count(num_samples, window: int, hop: int):
   """1 + ceil(max(0, n - window) / hop) as a tf int32 scalar (the windows covering n samples)."""
   extra = tf.maximum(num_samples - window, 0)
   return 1 + (extra + hop - 1) // hop
+
+
+class JaxEncoder:
+  """The JAX window encoder of an AvclHearModel: fn(weights, windows f32[b, window]) -> f32[b, dim]."""
+
+  def __init__(self, fn, weights):
+    self.fn, self.weights = fn, weights
+
+  def __call__(self, windows):
+    return self.fn(self.weights, windows)
 
 
 class AvclHearModel(tf.Module):
@@ -80,6 +90,9 @@ class AvclHearModel(tf.Module):
       m = nnx.merge(graphdef, jax.tree.unflatten(treedef, weights))
       return m.encode(encoder, frontend(windows), train=False, layer=e.features)
 
+    # Kept for avcl.export, which converts the encoder at fixed shapes for TFLite (in a plain object, which
+    # tf.Module does not track or save, unlike a list of arrays).
+    self.jax_encoder = JaxEncoder(encode, leaves)
     # The embedding size depends on the probed layer (config.eval.features; "stats" is larger).
     dim = int(jax.eval_shape(encode, leaves, jax.ShapeDtypeStruct((1, self._window), np.float32)).shape[-1])
     self.scene_embedding_size = dim
@@ -149,7 +162,7 @@ class _LoadedSavedModel(tf.Module):
 def _restore(path: str):
   """(model, config, step) from a workdir or a WORKDIR/checkpoints/<step> directory."""
   from avcl import checkpoints
-  path = os.path.abspath(path.rstrip("/"))
+  path = paths.absolute(path.rstrip("/"))  # os.path's basename/dirname split URLs at "/" as well.
   step = None
   if re.fullmatch(r"\d+", os.path.basename(path)) and \
       os.path.basename(os.path.dirname(path)) == "checkpoints":
@@ -157,7 +170,7 @@ def _restore(path: str):
     path = os.path.dirname(os.path.dirname(path))
   elif os.path.basename(path) == "checkpoints":
     path = os.path.dirname(path)
-  if not os.path.exists(os.path.join(path, "config.json")):
+  if not paths.exists(paths.join(path, "config.json")):
     raise FileNotFoundError(f"{path!r} is not an avcl workdir (no config.json): pass a training workdir, "
                             "a WORKDIR/checkpoints/<step> directory or a SavedModel from export_saved_model")
   return checkpoints.restore_model(path, step)
@@ -167,14 +180,14 @@ def load_model(model_file_path: str = "") -> tf.Module:
   """Loads an avcl audio encoder for HEAR.
 
   model_file_path: a training workdir (latest checkpoint), a `WORKDIR/checkpoints/<step>` directory, or a
-  SavedModel directory written by `export_saved_model`. Returns a tf.Module with `sample_rate`,
-  `scene_embedding_size` and `timestamp_embedding_size`.
+  SavedModel directory written by `export_saved_model` (`python -m avcl.export`); local or gs://. Returns a
+  tf.Module with `sample_rate`, `scene_embedding_size` and `timestamp_embedding_size`.
   """
   if not model_file_path:
     raise ValueError("avcl.hear.load_model needs model_file_path: an avcl workdir or checkpoint directory")
-  if not os.path.exists(model_file_path):
+  if not paths.exists(model_file_path):
     raise FileNotFoundError(f"avcl.hear.load_model: {model_file_path!r} does not exist")
-  if os.path.exists(os.path.join(model_file_path, "saved_model.pb")):
+  if paths.exists(paths.join(model_file_path, "saved_model.pb")):
     return _LoadedSavedModel(tf.saved_model.load(model_file_path))
   model, config, step = _restore(model_file_path)
   return AvclHearModel(model, config, step)

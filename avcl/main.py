@@ -30,6 +30,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from data_pipeline import optional, paths
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints, TensorBoard events "
                                "(local or gs://).")
@@ -83,8 +85,24 @@ def initialize_distributed(mode: str, coordinator: str | None, num_processes: in
   return True
 
 
-def _is_remote(path: str) -> bool:
-  return "://" in path
+def _world_interrupted(root: str) -> bool:
+  """The generator's marker without its last write (world.json): a killed generation's partial shards."""
+  from data_pipeline import embedded  # pylint: disable=g-import-not-at-top  (main defers its imports)
+  return (os.path.exists(os.path.join(root, embedded.GENERATING_MARKER))
+          and not os.path.exists(os.path.join(root, "world.json")))
+
+
+def _world_present(root: str) -> bool:
+  """world.json is the generator's last write; a pretrain/ folder is any other dataset in the same layout."""
+  if _world_interrupted(root):
+    return False
+  return os.path.exists(os.path.join(root, "world.json")) or os.path.isdir(os.path.join(root, "pretrain"))
+
+
+def will_generate_world(config) -> bool:
+  """Whether `ensure_world(config)` would generate the embedded world (so needs tinysoundfont)."""
+  root = config.data.root
+  return not paths.is_remote(root) and bool(config.data.generate_if_missing) and not _world_present(root)
 
 
 def ensure_world(config) -> None:
@@ -95,20 +113,9 @@ def ensure_world(config) -> None:
   from data_pipeline import embedded  # pylint: disable=g-import-not-at-top  (main defers its imports)
 
   root = config.data.root
-  if _is_remote(root):
+  if paths.is_remote(root):
     # Remote data is prepared beforehand (generate locally, copy with gsutil); nothing to lock.
     return
-
-  def interrupted() -> bool:
-    # The generator's marker without its last write (world.json): a killed generation's partial shards.
-    return (os.path.exists(os.path.join(root, embedded.GENERATING_MARKER))
-            and not os.path.exists(os.path.join(root, "world.json")))
-
-  def present() -> bool:
-    # world.json is the generator's last write; a pretrain/ folder is any other dataset in the same layout.
-    if interrupted():
-      return False
-    return os.path.exists(os.path.join(root, "world.json")) or os.path.isdir(os.path.join(root, "pretrain"))
 
   if not os.path.exists(os.path.join(root, "world.json")):
     # A file lock serialises the processes of one machine (a process that finds the lock held waits for the
@@ -118,13 +125,15 @@ def ensure_world(config) -> None:
     with open(os.path.abspath(root) + ".lock", "w") as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)
       try:
-        if not present():
+        if not _world_present(root):
           if not config.data.generate_if_missing:
             what = (f"an interrupted embedded-world generation (a {embedded.GENERATING_MARKER} marker, no "
-                    "world.json: its shards may be partial)" if interrupted()
+                    "world.json: its shards may be partial)" if _world_interrupted(root)
                     else "no data (no world.json, no pretrain/)")
             raise FileNotFoundError(f"config.data.root={root!r} holds {what} and "
                                     "config.data.generate_if_missing is False")
+          # Checked here too (main() checks before TensorFlow and JAX load) for callers of run().
+          optional.require("tinysoundfont", f"generating the embedded world at config.data.root={root!r}")
           cmd = [sys.executable, "-m", "data_pipeline.embedded", "--output", root]
           if config.data.world_clips:
             cmd += ["--clips", str(config.data.world_clips)]
@@ -163,6 +172,10 @@ def run(config, workdir: str, mode: str, *, allow_config_change: bool = False) -
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if will_generate_world(_CONFIG.value):
+    # First, before TensorFlow and JAX load (seconds): a plain `pip install -e .` lacks tinysoundfont.
+    optional.exit_if_missing("tinysoundfont", "python -m avcl.main (generating the embedded world at "
+                             f"config.data.root={_CONFIG.value.data.root!r})")
   # TensorFlow (tf.data, TensorBoard) must never take an accelerator from JAX.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -178,7 +191,7 @@ def main(argv):
   try:
     out = run(_CONFIG.value, _WORKDIR.value, _MODE.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (config_validation.ConfigError, train.NonFiniteLossError, checkpoints.CheckpointError,
-          FileNotFoundError) as e:
+          FileNotFoundError, optional.MissingDependency) as e:
     # Expected failures: a clear message and exit status 1, no traceback.
     logging.error("%s", e)
     sys.exit(f"error: {e}")

@@ -245,12 +245,12 @@ def make_train_batches(config: ml_collections.ConfigDict, local_batch_size: int,
   Skipping reads those records again without decoding them (input.make_dataset's skip_examples).
   """
   from data_pipeline import input as input_lib  # pylint: disable=g-import-not-at-top
-  from data_pipeline import schema  # pylint: disable=g-import-not-at-top
+  from data_pipeline import paths, schema  # pylint: disable=g-import-not-at-top
 
-  pretrain = os.path.join(config.data.root, "pretrain")
-  if "://" in pretrain:  # gs:// and other remote roots: list through TensorFlow's file system.
+  pretrain = paths.join(config.data.root, "pretrain")
+  if paths.is_remote(pretrain):  # gs:// and other remote roots: list through TensorFlow's file system.
     tf = schema.import_tf()
-    files = sorted(tf.io.gfile.glob(os.path.join(pretrain, "train-*-of-*.tfrecord")))
+    files = sorted(tf.io.gfile.glob(paths.join(pretrain, "train-*-of-*.tfrecord")))
     if not files:
       raise FileNotFoundError(f"no train-*-of-*.tfrecord shards in {pretrain}")
   else:

@@ -43,16 +43,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from data_pipeline import ingest, schema
+from data_pipeline import ingest, optional, paths, schema
 
 log = logging.getLogger("data_pipeline.beam_ingest")
 
 
 # ---- file system helpers: Beam's FileSystems, so gs:// (and hdfs://, s3://) work as local paths do ----------
-
-def _is_remote(path: str) -> bool:
-  return "://" in path
-
 
 def _join(base: str, *parts: str) -> str:
   from apache_beam.io.filesystems import FileSystems
@@ -60,7 +56,7 @@ def _join(base: str, *parts: str) -> str:
 
 
 def _makedirs(path: str) -> None:
-  if not _is_remote(path):  # Object stores have no folders to make.
+  if not paths.is_remote(path):  # Object stores have no folders to make.
     os.makedirs(path, exist_ok=True)
 
 
@@ -135,7 +131,7 @@ def make_plan(input_path: str, output: str, *, labels_csv: str | None, options: 
     raise ValueError(f"shard_clips must be >= 1, got {shard_clips}.")
   jobs, vocabulary = ingest.read_inputs(input_path, labels_csv)
   # CSV rows naming remote videos (gs://...) are not relative paths: keep them as written.
-  jobs = [dataclasses.replace(j, path=j.video_id) if _is_remote(j.video_id) else j for j in jobs]
+  jobs = [dataclasses.replace(j, path=j.video_id) if paths.is_remote(j.video_id) else j for j in jobs]
   num_shards = math.ceil(len(jobs) / shard_clips)
   state = _join(output, ingest.STATE_DIR)
   _makedirs(state)
@@ -179,7 +175,7 @@ def convert_remote_or_local(job: ingest.Job, options: ingest.Options, pool: inge
       return convert_job(local_job, options)
     return pool.run_one((index, local_job, options, convert_job))
 
-  if not _is_remote(job.path):
+  if not paths.is_remote(job.path):
     return convert(job)
   from apache_beam.io.filesystems import FileSystems
   suffix = os.path.splitext(job.path)[1]
@@ -318,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  help="Time limit per input, seconds: a decoder past it is killed and the input skipped as "
                  "'timeout'.")
   args, pipeline_args = p.parse_known_args(argv)
+  optional.exit_if_missing("apache_beam", "python -m data_pipeline.beam_ingest")
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   options = ingest.Options(sample_rate=args.sample_rate, fps=args.fps, size=args.size,
                            jpeg_quality=args.jpeg_quality, skip_silent=args.skip_silent,

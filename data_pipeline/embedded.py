@@ -49,7 +49,7 @@ import zlib
 
 import numpy as np
 
-from data_pipeline import schema
+from data_pipeline import optional, schema
 from data_pipeline.synth import events, music, scene, speech
 
 GENERATOR_VERSION = 1
@@ -391,6 +391,8 @@ def generate(output: str, clips: int | None = None, seed: int = 0, workers: int 
     workers = os.cpu_count() or 1
   if workers < 1:
     raise ValueError(f"workers={workers}: must be >= 1")
+  # Before any folder or worker: a plain `pip install -e .` lacks tinysoundfont (see data_pipeline.optional).
+  optional.require("tinysoundfont", "generating the embedded world (data_pipeline.embedded)")
   plan = plan_world(seed, clips)
   # TensorFlow (for the TFRecord writer) takes seconds to import: do it while the workers render.
   tf_import = threading.Thread(target=schema.import_tf, daemon=True)
@@ -509,6 +511,7 @@ def main(argv=None) -> int:
     parser.error(f"--seed must be >= 0, got {args.seed}")
   if args.workers is not None and args.workers < 1:
     parser.error(f"--workers must be >= 1, got {args.workers}")
+  optional.exit_if_missing("tinysoundfont", "python -m data_pipeline.embedded")
   start = time.time()
   world = generate(args.output, clips=args.clips, seed=args.seed, workers=args.workers,
                    progress=not args.no_progress)

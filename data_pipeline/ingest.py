@@ -166,7 +166,7 @@ def _seek(container, seconds: float) -> None:
     pass
 
 
-def _downmix(frame) -> np.ndarray:
+def downmix(frame) -> np.ndarray:
   """Planar float AudioFrame -> f32[samples]: the mean of its channels, the LFE channel left out.
 
   A plain mean cannot clip (unlike FFmpeg's default -3 dB matrix, which sums stereo to 1.41x).
@@ -197,11 +197,11 @@ def _decode_audio(container, stream, start_s, end_s, sample_rate):
     if t0 is None:
       t0 = frame.time if frame.time is not None else 0.0
     for out in resampler.resample(frame):
-      chunks.append(stream_resampler.resample_chunk(_downmix(out)))
+      chunks.append(stream_resampler.resample_chunk(downmix(out)))
   if resampler is None:
     return np.zeros([0], np.float32), 0.0
   for out in resampler.resample(None):
-    chunks.append(stream_resampler.resample_chunk(_downmix(out)))
+    chunks.append(stream_resampler.resample_chunk(downmix(out)))
   chunks.append(stream_resampler.resample_chunk(np.zeros([0], np.float32), last=True))
   # Not clipped here: clipping turns Inf into +-1 and keeps NaN, and both must be caught (convert_video).
   return np.concatenate(chunks).astype(np.float32), t0

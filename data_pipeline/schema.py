@@ -43,6 +43,8 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from data_pipeline import paths as _paths  # `paths` is a common local name here.
+
 FORMAT_VERSION = 1
 
 # Keys (DMVR convention, plus the format version).
@@ -356,9 +358,11 @@ def write_shards(clips: Iterable[Clip | bytes], directory: str, split: str, num_
 
 def list_shards(directory: str, split: str) -> list[str]:
   """Sorted shard paths of `split` in `directory`; errors if the split is missing or incomplete."""
-  paths = glob.glob(os.path.join(glob.escape(directory), f"{glob.escape(split)}-*-of-*.tfrecord"))
+  # Local or a URL (gs://): through data_pipeline.paths. Shard names never hold glob characters; the escape
+  # guards a local folder whose name does.
+  base = directory if _paths.is_remote(directory) else glob.escape(directory)
   found: dict[int, set[int]] = {}
-  for path in paths:
+  for path in _paths.glob(_paths.join(base, f"{glob.escape(split)}-*-of-*.tfrecord")):
     m = _SHARD_RE.match(os.path.basename(path))
     if m and m["split"] == split:
       found.setdefault(int(m["n"]), set()).add(int(m["i"]))
@@ -373,15 +377,15 @@ def list_shards(directory: str, split: str) -> list[str]:
   if missing:
     raise FileNotFoundError(f"Split {split!r} in {directory!r} is incomplete: shards {missing} of {n} "
                             "are missing.")
-  return [os.path.join(directory, shard_name(split, i, n)) for i in range(n)]
+  return [_paths.join(directory, shard_name(split, i, n)) for i in range(n)]
 
 
 def iter_records(path: str) -> Iterator[bytes]:
   """Reads a TFRecord file without TensorFlow (framing only; CRCs are not verified).
 
-  Errors on a truncated file, naming it.
+  Errors on a truncated file, naming it. `path` may be a URL (gs://).
   """
-  with open(path, "rb") as f:
+  with _paths.open_read(path) as f:
     while True:
       header = f.read(12)
       if not header:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
+from data_pipeline import paths
 from launch import common, procs
 
 
@@ -54,7 +54,7 @@ def build_members(*, num_processes: int, devices_per_process: int, config: str, 
 
 
 def default_log_dir(workdir: str) -> str:
-  if re.match(r"^[a-z][a-z0-9+.-]*://", workdir):
+  if paths.is_remote(workdir):
     raise ValueError(f"--workdir {workdir!r} is remote: pass --log-dir with a local folder for the logs")
   return os.path.join(workdir, "logs")
 

@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from data_pipeline import paths
 from launch import common, local, procs, study_plots, sweep_utils
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,11 +69,11 @@ def load_plots(config_path: str, sweep: Sequence[dict]) -> list[dict]:
 
 
 def join_path(root: str, name: str) -> str:
-  return root.rstrip("/") + "/" + name if "://" in root else os.path.join(root, name)
+  return paths.join(root, name)
 
 
 def _read_text(path: str) -> str | None:
-  if "://" in path:  # gs:// and friends: TensorFlow's file system layer, imported only when needed.
+  if paths.is_remote(path):  # gs:// and friends: TensorFlow's file system layer, imported only when needed.
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     return tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else None
   if not os.path.isfile(path):
@@ -82,7 +83,7 @@ def _read_text(path: str) -> str | None:
 
 
 def _write_text(path: str, text: str) -> None:
-  if "://" in path:
+  if paths.is_remote(path):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     with tf.io.gfile.GFile(path, "w") as f:
       f.write(text)
@@ -342,7 +343,7 @@ def main(argv=None) -> int:
   summary["preempted"] = preempted
   write_summary(summary, root)
   print(format_table(summary), flush=True)
-  if "://" not in root and any(r["status"] == "done" for r in summary["runs"]):
+  if not paths.is_remote(root) and any(r["status"] == "done" for r in summary["runs"]):
     for spec in plots:
       path = join_path(root, spec["file"])
       study_plots.plot(summary, spec, path)

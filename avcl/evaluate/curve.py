@@ -19,9 +19,9 @@ the `val_score` that evaluate writes to details.json for that checkpoint.
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
-import os
 from collections.abc import Sequence
 
 import matplotlib
@@ -30,6 +30,7 @@ import numpy as np
 from avcl import checkpoints
 from avcl.evaluate import embed as embed_lib
 from avcl.evaluate import probes, report, runner
+from data_pipeline import paths
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position  (after the backend)
@@ -120,7 +121,7 @@ def learning_curve(workdir: str, config=None, tasks: Sequence[str] | None = None
   for b in BASELINES:
     if all(b in t for t in entries):
       curve["mean"][b] = float(np.mean([t[b] for t in entries]))
-  write(curve, os.path.join(workdir, "eval"))
+  write(curve, paths.join(workdir, "eval"))
   if print_table:
     print(markdown(curve))
   return curve
@@ -178,7 +179,9 @@ def plot(curve: dict, path: str) -> None:
       if r == 0 and c == 0:
         ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  buf = io.BytesIO()  # Through paths.write_bytes, so a gs:// workdir gets its figure too.
+  fig.savefig(buf, dpi=110, format="png")
+  paths.write_bytes(path, buf.getvalue())
   plt.close(fig)
 
 
@@ -198,10 +201,9 @@ def validate_curve(curve: dict) -> None:
 def write(curve: dict, out_dir: str) -> dict[str, str]:
   """Writes curve.json, curve.md and curve.png into out_dir; returns their paths."""
   validate_curve(curve)
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {k: os.path.join(out_dir, f"curve.{k}") for k in ("json", "md", "png")}
-  report.write_json(paths["json"], curve)
-  with open(paths["md"], "w") as f:
-    f.write(markdown(curve) + "\n")
-  plot(curve, paths["png"])
-  return paths
+  paths.makedirs(out_dir)
+  out = {k: paths.join(out_dir, f"curve.{k}") for k in ("json", "md", "png")}
+  report.write_json(out["json"], curve)
+  paths.write_text(out["md"], markdown(curve) + "\n")
+  plot(curve, out["png"])
+  return out

@@ -8,10 +8,12 @@ to `details.json` beside it, so results.json keeps exactly the documented schema
 """
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 from typing import Any
+
+from data_pipeline import paths
 
 # Column order of tables and bars: the encoder under test first, then the baselines, then extras.
 KNOWN_ORDER = ("pretrained", "finetuned", "random_init", "logmel")
@@ -97,28 +99,25 @@ def plot(results: dict, path: str, *, title: str = "") -> None:
   ax.set_title(title or f"downstream evaluation, checkpoint step {results['checkpoint_step']}", fontsize=9,
                pad=24)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  buf = io.BytesIO()  # Through paths.write_bytes, so a gs:// workdir gets its figure too.
+  fig.savefig(buf, dpi=120, format="png")
+  paths.write_bytes(path, buf.getvalue())
   plt.close(fig)
 
 
 def write(results: dict, out_dir: str, *, details: dict[str, Any] | None = None) -> dict[str, str]:
   """Writes results.json, results.md, results.png (and details.json) into out_dir; returns their paths."""
   validate_results(results)
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {k: os.path.join(out_dir, f"results.{k}") for k in ("json", "md", "png")}
-  write_json(paths["json"], results)
-  with open(paths["md"], "w") as f:
-    f.write(markdown_table(results) + "\n")
-  plot(results, paths["png"])
+  paths.makedirs(out_dir)
+  out = {k: paths.join(out_dir, f"results.{k}") for k in ("json", "md", "png")}
+  write_json(out["json"], results)
+  paths.write_text(out["md"], markdown_table(results) + "\n")
+  plot(results, out["png"])
   if details is not None:
-    paths["details"] = os.path.join(out_dir, "details.json")
-    write_json(paths["details"], details)
-  return paths
+    out["details"] = paths.join(out_dir, "details.json")
+    write_json(out["details"], details)
+  return out
 
 
 def write_json(path: str, obj) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
-  os.replace(tmp, path)
+  paths.write_text(path, json.dumps(obj, indent=2) + "\n")  # Whole or not at all (temp name, rename).

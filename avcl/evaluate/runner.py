@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 
@@ -35,6 +34,7 @@ from avcl import train as train_lib
 from avcl.evaluate import embed as embed_lib
 from avcl.evaluate import probes, report
 from avcl.evaluate import tasks as tasks_lib
+from data_pipeline import paths
 
 EMBEDDINGS = ("pretrained", "random_init", "logmel")
 log = logging.getLogger(__name__)
@@ -89,11 +89,10 @@ def with_eval_defaults(config):
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config from WORKDIR/config.json (written by training)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = paths.join(workdir, "config.json")
+  if not paths.exists(path):
     raise FileNotFoundError(f"{path} not found: {workdir!r} is not an avcl training workdir")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 
 def _flatten(cfg, prefix: str) -> dict:
@@ -274,7 +273,7 @@ def evaluate(workdir: str, config=None, tasks: Sequence[str] | None = None, *, s
     initial = None
     if "random_init" in with_eval_defaults(config).eval.baselines:
       initial = initial_model(checkpoint_config, workdir)  # The run's own seed, whatever `config` says.
-    return evaluate_model(model, config, step=int(restored_step), out_dir=os.path.join(workdir, "eval"),
+    return evaluate_model(model, config, step=int(restored_step), out_dir=paths.join(workdir, "eval"),
                           tasks=tasks, probe=probe, finetune=finetune, progress=progress, initial=initial)
   finally:
     _wait_for_process_zero()

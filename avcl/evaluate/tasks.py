@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from scipy import signal
 
-from data_pipeline import schema
+from data_pipeline import paths, schema
 
 EMBEDDED_TASKS = ("keyword", "speaker", "language", "instrument", "sound_events")
 SPLITS = ("train", "validation", "test")
@@ -106,17 +106,15 @@ def _holdout(key: str, fraction: float = 0.1) -> bool:
 
 def embedded_task(root: str, name: str, *, sample_rate: int, max_examples: int = 0) -> Task:
   """A held-out task of the embedded world at `root` (the directory holding `tasks/`)."""
-  task_dir = os.path.join(root, "tasks", name)
-  meta_path = os.path.join(task_dir, "task.json")
-  if not os.path.exists(meta_path):
-    known = sorted(os.listdir(os.path.join(root, "tasks"))) if os.path.isdir(os.path.join(root, "tasks")) \
-        else []
+  task_dir = paths.join(root, "tasks", name)
+  meta_path = paths.join(task_dir, "task.json")
+  if not paths.exists(meta_path):
+    known = paths.listdir(paths.join(root, "tasks")) if paths.isdir(paths.join(root, "tasks")) else []
     raise DatasetNotFoundError(
         f"embedded task {name!r} not found: no {meta_path}"
         + (f" (tasks there: {known})" if known else
            f". Generate the embedded world with `python -m data_pipeline.embedded --output {root}`."))
-  with open(meta_path) as f:
-    meta = json.load(f)
+  meta = json.loads(paths.read_text(meta_path))
   for field in ("multi_label", "num_classes"):
     if field not in meta:
       raise ValueError(f"{meta_path}: missing field {field!r}")
@@ -281,7 +279,7 @@ def get_task(name: str, *, sample_rate: int, embedded_root: str = "", tfds_data_
   if name.split("/")[0] in TFDS_TASKS:
     return tfds_task(name, sample_rate=sample_rate, data_dir=tfds_data_dir or None,
                      max_examples=max_examples)
-  if name in EMBEDDED_TASKS or (embedded_root and os.path.isdir(os.path.join(embedded_root, "tasks", name))):
+  if name in EMBEDDED_TASKS or (embedded_root and paths.isdir(paths.join(embedded_root, "tasks", name))):
     return embedded_task(embedded_root, name, sample_rate=sample_rate, max_examples=max_examples)
   raise ValueError(f"unknown task {name!r}: expected one of the embedded tasks {list(EMBEDDED_TASKS)}, "
                    f"the TFDS datasets {sorted(TFDS_TASKS)}, or 'audioset' / 'audioset_unbalanced'")
