@@ -41,7 +41,8 @@ def test_table_ratio_and_missing_peer():
   assert lines[3] == "| b | - | 80 | - |"
 
 
-@pytest.mark.skipif(not os.path.exists(TORCH_PYTHON), reason="no PyTorch venv (python -m benchmarks.peer_torch --setup)")
+@pytest.mark.skipif(not os.path.exists(TORCH_PYTHON),
+                    reason="no PyTorch venv (python -m benchmarks.peer_torch --setup)")
 @pytest.mark.parametrize("model", ["resnet", "cnn14"])
 def test_torch_copy_computes_the_same_function(model):
   spec = dict(TINY, model=model)
