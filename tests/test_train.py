@@ -184,6 +184,8 @@ def test_weight_decay_skips_biases_and_norms(name):
     ("data.frame_size", 4, "data.frame_size=4 must be an integer in [8, 1024]"),
     ("seed", 2**31, "seed=2147483648 must be an integer in [0, 2147483647]"),
     ("seed", -1, "seed=-1 must be an integer in [0, 2147483647]"),
+    ("model.bn_backward", "fast", "model.bn_backward='fast' must be one of 'custom_vjp', 'autodiff'"),
+    ("model.im2col_max_positions", -1, "model.im2col_max_positions=-1 must be an integer >= 0"),
 ])
 def test_invalid_field_is_named(field, value, message):
   config = default_config.get_config()
