@@ -1,7 +1,7 @@
 r"""avcl's log-mel encoders against layer-for-layer PyTorch copies: one SGD step each, on the same CPU cores.
 
     python -m benchmarks.peer_torch --setup          # once: makes .venv-torch (PyTorch 2.13.0 CPU) beside .venv
-    python -m benchmarks.peer_torch [--widths 8,32,64] [--rounds 7] [--no-default] [--fused_bn_relu]
+    python -m benchmarks.peer_torch [--widths 8,32,64] [--rounds 7] [--no-default] [--profile]
 
 Models: `avcl.models.resnet_audio.ResNetAudio` (depth 4, 2 blocks per stage) at each width, batch 32,
 96 frames x 64 mels; then the default config's log-mel encoder (configs/default.py: CNN14 width 8, depth 4)
@@ -17,8 +17,16 @@ venv's Python, and the two steps are timed round robin (avcl step, PyTorch step,
 runs at a time, the other waits on a pipe), so load from other jobs on a shared machine hits both alike.
 Without the venv only the avcl column is printed. The copy's parameter shapes are checked against avcl's
 (every parameter, by name) before timing; tests/test_peer_torch.py also compares the two models' outputs.
+
+--profile then traces both steps per op (avcl: jax.profiler, one event per executed HLO op; PyTorch:
+torch.profiler, self CPU time per aten op) and prints, per model, avcl's op time by kind (convolution
+forward, input gradient and weight gradient, each by result shape; layout transposes; other fusions, i.e.
+BatchNorm, ReLU, residual adds, pooling and the update) beside PyTorch's most expensive ops. A backward
+convolution whose result is [a, kh, kw, b] with a 3x3 or 1x1 window is counted as a weight gradient
+(XLA:CPU runs those as YNNPACK fusions, often without the JAX op name), any other as an input gradient.
 """
 import argparse
+import collections
 import json
 import os
 import subprocess
@@ -26,6 +34,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# XLA:CPU emits a profiler event per executed HLO op only with this flag (for --profile); untraced it costs
+# nothing (benchmarks/step_profile.py).
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -34,6 +45,7 @@ from flax import nnx  # noqa: E402
 
 from avcl.models.cnn14 import Cnn14  # noqa: E402
 from avcl.models.resnet_audio import ResNetAudio  # noqa: E402
+from benchmarks.step_profile import trace_ops  # noqa: E402
 from configs import default as default_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,6 +186,52 @@ def check_shapes(bench, torch_params):
   return sum(int(np.prod(s)) for s in mine.values())
 
 
+def op_kind(opcode, shape, op_name, name):
+  """The profile's kind of one HLO op (see the module docstring)."""
+  inner = shape.split("[")[1].split("]")[0] if "[" in shape else ""  # f32[] (scalars), tuples: no dims
+  dims = [int(d) for d in inner.split(",")] if inner.replace(",", "").isdigit() else []
+  backward = "transpose(" in op_name
+  if opcode == "convolution" or "conv_general_dilated" in op_name or name.startswith("ynn_fusion"):
+    if len(dims) == 4 and tuple(dims[1:3]) in ((3, 3), (1, 1)):
+      return "conv weight grad"
+    if "conv_general_dilated" in op_name or opcode == "convolution":
+      return "conv input grad" if backward else "conv forward"
+  if opcode in ("transpose", "copy") or "transpose" in name or name.startswith("copy"):
+    return "layout transposes and copies"
+  return ("other fusions, backward" if backward else "other fusions, forward") + " (BatchNorm, ReLU, adds, pooling)"
+
+
+def profile_avcl(bench, steps=3):
+  """({kind: ms per step}, {(kind, result shape): ms per step}) of bench's step, from a trace."""
+  def run():
+    bench.step()
+  ms, ops = trace_ops(run, bench.compiled.as_text(), steps)
+  kinds, convs = collections.Counter(), collections.Counter()
+  for name, t in ms.items():
+    opcode, shape, op_name = ops[name]
+    kind = op_kind(opcode, shape, op_name, name)
+    kinds[kind] += t
+    if kind.startswith("conv"):
+      convs[(kind, shape.split("{")[0])] += t
+  return kinds, convs
+
+
+def print_profile(label, kinds, convs, torch_ops, top=12):
+  total = sum(kinds.values())
+  print(f"\n{label}: avcl op time {total:.0f} ms per step by kind")
+  print("\n| kind | ms | % |\n| --- | ---: | ---: |")
+  for kind, t in kinds.most_common():
+    print(f"| {kind} | {t:.1f} | {100 * t / total:.0f} |")
+  print("\n| avcl convolution | result | ms |\n| --- | --- | ---: |")
+  for (kind, shape), t in convs.most_common(top):
+    print(f"| {kind} | {shape} | {t:.1f} |")
+  if torch_ops:
+    total = sum(r[2] for r in torch_ops)
+    print(f"\n| PyTorch op (self CPU; {total:.0f} ms per step in all) | input shapes | ms |\n| --- | --- | ---: |")
+    for op, shapes, t in torch_ops[:top]:
+      print(f"| {op} | {shapes[:80]} | {t:.1f} |")
+
+
 def format_table(rows, torch_version):
   """Markdown table of rows [(label, avcl ms, PyTorch ms or None)]."""
   lines = [f"| model | PyTorch {torch_version} ms | avcl (jax {jax.__version__}) ms | avcl / PyTorch |",
@@ -191,6 +249,7 @@ def main(argv=None):
   p.add_argument("--widths", default="8,32,64", help="ResNetAudio widths")
   p.add_argument("--rounds", type=int, default=7, help="timed steps per side, interleaved (median reported)")
   p.add_argument("--no-default", dest="default", action="store_false", help="skip the default config's encoder")
+  p.add_argument("--profile", action="store_true", help="also trace both steps per op (see above)")
   p.add_argument("--torch_python", default=os.path.join(TORCH_VENV, "bin", "python"),
                  help="a Python with torch (default: the venv --setup makes)")
   args = p.parse_args(argv)
@@ -202,7 +261,7 @@ def main(argv=None):
     print(f"no {args.torch_python}: `python -m benchmarks.peer_torch --setup` makes it; avcl column only")
   print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPU cores, load average "
         f"{os.getloadavg()[0]:.1f}; median of {args.rounds} steps per side, round robin")
-  rows, version = [], "-"
+  rows, version, profiles = [], "-", []
   for spec in specs([int(w) for w in args.widths.split(",")], args.default):
     bench = JaxBench(spec)
     theirs = None
@@ -216,6 +275,9 @@ def main(argv=None):
       mine.append(bench.step())
       if worker is not None:
         theirs.append(worker.ask(step=True)["ms"])
+    if args.profile:
+      profiles.append((spec["label"], *profile_avcl(bench),
+                       worker.ask(profile=3)["ops"] if worker is not None else None))
     rows.append((spec["label"] + f", batch {spec['batch']}, {spec['frames']}x{spec['n_mels']}",
                  float(np.median(mine)), None if theirs is None else float(np.median(theirs))))
     print(f"  {rows[-1][0]}: avcl {rows[-1][1]:.0f} ms" + (f", PyTorch {rows[-1][2]:.0f} ms ({n:,} parameters "
@@ -224,6 +286,8 @@ def main(argv=None):
     worker.close()
   print()
   print(format_table(rows, version))
+  for profile in profiles:
+    print_profile(*profile)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ interleaved (round robin) on the same cores:
   {"build": spec}       -> {"params": [[name, shape], ...]} (after two warm-up steps)
   {"step": true}        -> {"ms": wall milliseconds of one SGD step}
   {"forward": weights}  -> {"out": embeddings of the fixed batch, eval mode} (weights: {name: nested list})
+  {"profile": steps}    -> {"ops": [[aten op, input shapes, self CPU ms per step], ...]} (torch.profiler)
 where spec = {"model": "resnet" | "cnn14", "width", "depth", "blocks", "batch", "frames", "n_mels",
 "lr", "seed"}.
 
@@ -142,6 +143,15 @@ class Bench:
     self.opt.step()
     return loss.item()
 
+  def profile(self, steps):
+    """[[op, input shapes, self CPU ms per step]] of `steps` SGD steps, most expensive first."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+      for _ in range(steps):
+        self.step()
+    rows = [[e.key, str(e.input_shapes), e.self_cpu_time_total / 1e3 / steps]
+            for e in prof.key_averages(group_by_input_shape=True)]
+    return sorted(rows, key=lambda r: -r[2])
+
   def forward(self, weights):
     model = self.model.eval()
     tensors = {n: t for n, t in list(model.named_parameters()) + list(model.named_buffers())
@@ -169,6 +179,8 @@ def serve(stdin=sys.stdin, stdout=sys.stdout):
       t = time.perf_counter()
       bench.step()
       reply = {"ms": 1e3 * (time.perf_counter() - t)}
+    elif "profile" in req:
+      reply = {"ops": bench.profile(int(req["profile"]))}
     elif "forward" in req:
       reply = {"out": bench.forward(req["forward"]).tolist()}
     else:

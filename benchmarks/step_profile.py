@@ -173,15 +173,23 @@ def _category(name, opcode):
 
 def trace_step(compiled, state, batch, steps):
   """(ms per step by op, HLO op table) for the compiled train step, from a jax.profiler trace."""
-  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
-  ops = _hlo_ops(compiled.as_text())
-  with tempfile.TemporaryDirectory() as logdir:
+  def run():
+    nonlocal state
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
+  return trace_ops(run, compiled.as_text(), steps)
+
+
+def trace_ops(run, hlo_text, steps):
+  """(ms per call by HLO op, HLO op table) of `steps` calls of run() (which runs the compiled module whose
+  HLO text is `hlo_text` and blocks), from a jax.profiler trace (needs --xla_cpu_enable_xprof_traceme)."""
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  ops = _hlo_ops(hlo_text)
+  with tempfile.TemporaryDirectory() as logdir:
+    run()
     jax.profiler.start_trace(logdir)
     for _ in range(steps):
-      state, metrics = compiled(state, batch)
-      jax.block_until_ready(metrics)
+      run()
     jax.profiler.stop_trace()
     space = xplane_pb2.XSpace()
     with open(sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))[-1], "rb") as f:
