@@ -1,7 +1,7 @@
 r"""avcl's log-mel encoders against layer-for-layer PyTorch copies: one SGD step each, on the same CPU cores.
 
     python -m benchmarks.peer_torch --setup          # once: makes .venv-torch (PyTorch 2.13.0 CPU) beside .venv
-    python -m benchmarks.peer_torch [--widths 8,32,64] [--rounds 7] [--no-default] [--profile]
+    python -m benchmarks.peer_torch [--widths 8,32,64] [--rounds 7] [--no-default] [--profile] [--dtype bfloat16]
 
 Models: `avcl.models.resnet_audio.ResNetAudio` (depth 4, 2 blocks per stage) at each width, batch 32,
 96 frames x 64 mels; then the default config's log-mel encoder (configs/default.py: CNN14 width 8, depth 4)
@@ -17,6 +17,9 @@ venv's Python, and the two steps are timed round robin (avcl step, PyTorch step,
 runs at a time, the other waits on a pipe), so load from other jobs on a shared machine hits both alike.
 Without the venv only the avcl column is printed. The copy's parameter shapes are checked against avcl's
 (every parameter, by name) before timing; tests/test_peer_torch.py also compares the two models' outputs.
+
+--dtype bfloat16 runs avcl's encoder with that compute dtype (config model.dtype; parameters and BatchNorm
+stay float32), PyTorch's stays float32: a speed figure only, the values differ beyond float32 rounding.
 
 --profile then traces both steps per op (avcl: jax.profiler, one event per executed HLO op; PyTorch:
 torch.profiler, self CPU time per aten op) and prints, per model, avcl's op time by kind (convolution
@@ -232,9 +235,9 @@ def print_profile(label, kinds, convs, torch_ops, top=12):
       print(f"| {op} | {shapes[:80]} | {t:.1f} |")
 
 
-def format_table(rows, torch_version):
+def format_table(rows, torch_version, dtype="float32"):
   """Markdown table of rows [(label, avcl ms, PyTorch ms or None)]."""
-  lines = [f"| model | PyTorch {torch_version} ms | avcl (jax {jax.__version__}) ms | avcl / PyTorch |",
+  lines = [f"| model | PyTorch {torch_version} ms | avcl (jax {jax.__version__}, {dtype}) ms | avcl / PyTorch |",
            "| --- | ---: | ---: | ---: |"]
   for label, mine, theirs in rows:
     t = "-" if theirs is None else f"{theirs:,.0f}"
@@ -249,6 +252,7 @@ def main(argv=None):
   p.add_argument("--widths", default="8,32,64", help="ResNetAudio widths")
   p.add_argument("--rounds", type=int, default=7, help="timed steps per side, interleaved (median reported)")
   p.add_argument("--no-default", dest="default", action="store_false", help="skip the default config's encoder")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="avcl's compute dtype")
   p.add_argument("--profile", action="store_true", help="also trace both steps per op (see above)")
   p.add_argument("--torch_python", default=os.path.join(TORCH_VENV, "bin", "python"),
                  help="a Python with torch (default: the venv --setup makes)")
@@ -263,7 +267,7 @@ def main(argv=None):
         f"{os.getloadavg()[0]:.1f}; median of {args.rounds} steps per side, round robin")
   rows, version, profiles = [], "-", []
   for spec in specs([int(w) for w in args.widths.split(",")], args.default):
-    bench = JaxBench(spec)
+    bench = JaxBench(spec, dtype=jnp.dtype(args.dtype))
     theirs = None
     if worker is not None:
       reply = worker.ask(build=spec)
@@ -285,7 +289,7 @@ def main(argv=None):
   if worker is not None:
     worker.close()
   print()
-  print(format_table(rows, version))
+  print(format_table(rows, version, args.dtype))
   for profile in profiles:
     print_profile(*profile)
 
