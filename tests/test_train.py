@@ -384,6 +384,8 @@ def test_resume_with_changed_config_is_refused_naming_every_field(tmp_path, no_t
   assert "train.num_steps" not in msg.split("Fields free")[0]
   assert checkpoints.resumable("eval.tasks") and not checkpoints.resumable("evaluation.x")
   assert not checkpoints.resumable("data.root") and not checkpoints.resumable("train.num_steps_x")
+  assert checkpoints.resumable("model.bn_backward") and checkpoints.resumable("model.im2col_max_positions")
+  assert not checkpoints.resumable("model.dtype")
   assert "--allow_config_change" in msg
   # Nothing was overwritten or logged by the refused resume.
   assert (work / "config.json").read_text() == stored
