@@ -47,9 +47,11 @@ ORBAX_TMP_MARKER = ".orbax-checkpoint-tmp"
 # every change is still recorded in config_changes.jsonl, so the stretch can be seen later.
 # data.generate_if_missing only matters when the data is absent; eval.* is read by evaluation, never by
 # training. data.root is not here: another root is other data (or the same data in another order of shards);
-# data moved to another path resumes with --allow_config_change.
+# data moved to another path resumes with --allow_config_change. The model's speed options change how a step
+# is computed, not what (the same values and gradients to float32 rounding, tests/test_models.py), and runs
+# stored before they existed lack them.
 RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                    "data.generate_if_missing", "eval.*")
+                    "data.generate_if_missing", "eval.*", "model.bn_backward", "model.im2col_max_positions")
 
 
 def resumable(field: str) -> bool:

@@ -281,6 +281,8 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int | None =
   c.integer("model.logmel.blocks", 1)
   c.boolean("model.remat")
   c.integer("model.remat_every", 1)
+  c.choice("model.bn_backward", ("custom_vjp", "autodiff"))
+  c.integer("model.im2col_max_positions", 0)
 
   if not c.errors:
     # Second line: each part's own checks (model-specific limits such as CNN14's depth, fields a part adds

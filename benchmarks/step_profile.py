@@ -19,10 +19,11 @@ With --trace (default on), the full step is also run under `jax.profiler` and th
 one event per executed HLO op) is parsed offline: time per op category and the most expensive ops, with
 their HLO shape and the JAX operation they come from.
 The last table times every 2-D convolution of the default CNN14 (channels width..8*width) and TSM-ResNet
-alone, forward and forward+backward (gradients for input and kernel; kernel only for the stem, whose
-input is data), to show whether small-channel convolutions bind; the FLOP/s columns are of
-jax.lax.conv_general_dilated, the last column times avcl.models.conv.conv_general_dilated, what the model
-runs (im2col onto maps of <= 4 positions, lax otherwise).
+alone, forward, the input gradient alone, the kernel gradient alone and forward+backward (gradients for
+input and kernel; kernel only for the stem, whose input is data), to show whether small-channel
+convolutions bind and which gradient does; the FLOP/s columns are of jax.lax.conv_general_dilated, the
+last column times avcl.models.conv.conv_general_dilated, what the model runs (im2col onto maps of <= 4
+positions, lax otherwise).
 
 Timings share the cores with whatever else runs: compare ratios within one run, not seconds across runs.
 """
@@ -173,15 +174,23 @@ def _category(name, opcode):
 
 def trace_step(compiled, state, batch, steps):
   """(ms per step by op, HLO op table) for the compiled train step, from a jax.profiler trace."""
-  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
-  ops = _hlo_ops(compiled.as_text())
-  with tempfile.TemporaryDirectory() as logdir:
+  def run():
+    nonlocal state
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
+  return trace_ops(run, compiled.as_text(), steps)
+
+
+def trace_ops(run, hlo_text, steps):
+  """(ms per call by HLO op, HLO op table) of `steps` calls of run() (which runs the compiled module whose
+  HLO text is `hlo_text` and blocks), from a jax.profiler trace (needs --xla_cpu_enable_xprof_traceme)."""
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  ops = _hlo_ops(hlo_text)
+  with tempfile.TemporaryDirectory() as logdir:
+    run()
     jax.profiler.start_trace(logdir)
     for _ in range(steps):
-      state, metrics = compiled(state, batch)
-      jax.block_until_ready(metrics)
+      run()
     jax.profiler.stop_trace()
     space = xplane_pb2.XSpace()
     with open(sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))[-1], "rb") as f:
@@ -269,12 +278,20 @@ def conv_rows(config, repeats):
       else:
         y, vjp = jax.vjp(f, x, k)
       return y, vjp(ct)  # y returned, so that the forward conv is not dead code
+    def input_grad(x, k, ct):
+      return jax.vjp(lambda x: fwd(x, k), x)[1](ct)
+
+    def kernel_grad(x, k, ct):
+      return jax.vjp(lambda k: fwd(x, k), k)[1](ct)
     f_s, f_flops, _ = measure(fwd, (x, k), repeats)
+    # Each gradient alone (the forward is dead code there and XLA drops it): which of the two binds.
+    i_s = float("nan") if stem else measure(input_grad, (x, k, ct), repeats)[0]
+    w_s = measure(kernel_grad, (x, k, ct), repeats)[0]
     b_s, b_flops, _ = measure(fwd_bwd, (x, k, ct), repeats)
     # What the model runs: avcl.models.conv's dispatch (im2col onto tiny maps; the stem calls lax itself).
     a_s = b_s if stem else measure(functools.partial(fwd_bwd, impl=conv_lib.conv_general_dilated),
                                    (x, k, ct), repeats)[0]
-    rows.append((enc, label, x_shape, k_shape, stride, f_s, f_flops, b_s, b_flops, a_s))
+    rows.append((enc, label, x_shape, k_shape, stride, f_s, f_flops, b_s, b_flops, a_s, i_s, w_s))
   return rows
 
 
@@ -309,16 +326,18 @@ def main(argv=None):
     print_trace(*trace_step(compiled, state, batch, steps=3), step_s, args.top)
   if args.no_convs:
     return
-  print("\n| encoder | conv | input | kernel | stride | fwd ms | fwd % of matmul | fwd+bwd ms "
-        "| fwd+bwd % of matmul | avcl conv fwd+bwd ms |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+  print("\n| encoder | conv | input | kernel | stride | fwd ms | fwd % of matmul | input grad ms | kernel grad ms "
+        "| fwd+bwd ms | fwd+bwd % of matmul | avcl conv fwd+bwd ms |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   total_f = total_b = total_a = 0.0
-  for enc, label, x_shape, k_shape, stride, f_s, f_flops, b_s, b_flops, a_s in conv_rows(config, args.repeats):
+  for (enc, label, x_shape, k_shape, stride, f_s, f_flops, b_s, b_flops, a_s, i_s,
+       w_s) in conv_rows(config, args.repeats):
     total_f += f_s
     total_b += b_s
     total_a += a_s
     print(f"| {enc} | {label} | {'x'.join(map(str, x_shape))} | {'x'.join(map(str, k_shape))} | {stride} | "
-          f"{1e3 * f_s:.1f} | {100 * f_flops / f_s / ceiling:.1f} | {1e3 * b_s:.1f} | "
+          f"{1e3 * f_s:.1f} | {100 * f_flops / f_s / ceiling:.1f} | {1e3 * i_s:.1f} | {1e3 * w_s:.1f} | "
+          f"{1e3 * b_s:.1f} | "
           f"{100 * b_flops / b_s / ceiling:.1f} | {1e3 * a_s:.1f} |")
   print(f"\nall convolutions (lax): forward {1e3 * total_f:.0f} ms, forward+backward {1e3 * total_b:.0f} ms "
         f"({100 * total_b / step_s:.0f}% of the full step); forward+backward as avcl runs them "

@@ -28,6 +28,7 @@ VJP changes which ops exist); with "main" compared, "util % (main FLOPs)" divide
 model needs, by each variant's time, so that a speed change cannot raise utilisation by adding FLOPs.
 """
 import argparse
+import copy
 import dataclasses
 import os
 import time
@@ -42,11 +43,9 @@ from avcl import (
   sharding,  # noqa: E402
   train,  # noqa: E402
 )
-from avcl.models import batch_norm, conv  # noqa: E402
 from configs import default as default_config  # noqa: E402
 from configs import paper_audioset  # noqa: E402
 
-SMALL_MAP_POSITIONS = conv.SMALL_MAP_POSITIONS
 # Variants of the step that --compare times beside it (each undoes one speed change).
 VARIANTS = {"": "as trained", "no_donation": "train state not donated",
             "autodiff_bn": "BatchNorm backward by autodiff, not its custom VJP",
@@ -115,35 +114,35 @@ class _Bench:
   """One compiled step of `config` (variant: a key of VARIANTS), with its state and a batch stream."""
 
   def __init__(self, name, config, variant: str = ""):
-    self.name, self.config = name, config
+    self.name = name
     mesh = sharding.make_mesh()
-    # Module switches read while tracing, i.e. by lower() below; restored afterwards.
-    batch_norm.CUSTOM_VJP = variant not in ("autodiff_bn", "main")
-    conv.SMALL_MAP_POSITIONS = 0 if variant in ("lax_small_convs", "main") else SMALL_MAP_POSITIONS
-    try:
-      trainer = train.make_trainer(config, mesh)
-      if variant in ("no_donation", "main"):  # The same step jitted without donating the train state.
-        step_fn = train.make_step_fn(config, trainer.graphdef, trainer.tx, trainer.schedule, mesh)
-        trainer = dataclasses.replace(trainer, step=jax.jit(
-            step_fn, in_shardings=(trainer.state_sharding, sharding.batch_sharding(mesh)),
-            out_shardings=(trainer.state_sharding, sharding.replicated(mesh))))
-      t0 = time.perf_counter()
-      self.state = trainer.init()
-      jax.block_until_ready(self.state)
-      self.init_s = time.perf_counter() - t0
-      _progress(name, f"state initialised in {self.init_s:.1f} s")
-      self.mesh, self.rng = mesh, np.random.default_rng(0)
-      batch = self._batch()
-      t0 = time.perf_counter()
-      lowered = trainer.step.lower(self.state, batch)
-      # The lowered (unoptimised) HLO's count is the same on every backend: the model FLOPs of MFU.
-      self.model_flops = _flops(lowered) if mesh.devices.size == 1 else float("nan")
-      self.compiled = lowered.compile()
-      self.compile_s = time.perf_counter() - t0
-      _progress(name, f"step compiled in {self.compile_s:.1f} s")
-    finally:
-      batch_norm.CUSTOM_VJP = True
-      conv.SMALL_MAP_POSITIONS = SMALL_MAP_POSITIONS
+    # Each variant is the config's own speed options undone (a copy of the config; nothing global).
+    config = copy.deepcopy(config)
+    if variant in ("autodiff_bn", "main"):
+      config.model.bn_backward = "autodiff"
+    if variant in ("lax_small_convs", "main"):
+      config.model.im2col_max_positions = 0
+    self.config = config
+    trainer = train.make_trainer(config, mesh)
+    if variant in ("no_donation", "main"):  # The same step jitted without donating the train state.
+      step_fn = train.make_step_fn(config, trainer.graphdef, trainer.tx, trainer.schedule, mesh)
+      trainer = dataclasses.replace(trainer, step=jax.jit(
+          step_fn, in_shardings=(trainer.state_sharding, sharding.batch_sharding(mesh)),
+          out_shardings=(trainer.state_sharding, sharding.replicated(mesh))))
+    t0 = time.perf_counter()
+    self.state = trainer.init()
+    jax.block_until_ready(self.state)
+    self.init_s = time.perf_counter() - t0
+    _progress(name, f"state initialised in {self.init_s:.1f} s")
+    self.mesh, self.rng = mesh, np.random.default_rng(0)
+    batch = self._batch()
+    t0 = time.perf_counter()
+    lowered = trainer.step.lower(self.state, batch)
+    # The lowered (unoptimised) HLO's count is the same on every backend: the model FLOPs of MFU.
+    self.model_flops = _flops(lowered) if mesh.devices.size == 1 else float("nan")
+    self.compiled = lowered.compile()
+    self.compile_s = time.perf_counter() - t0
+    _progress(name, f"step compiled in {self.compile_s:.1f} s")
     self.flops = _flops(self.compiled)
     mem = self.compiled.memory_analysis()  # Per device, as benchmarks.scale_check reports it.
     self.peak_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes

@@ -94,6 +94,9 @@ def get_config() -> ml_collections.ConfigDict:
   # With remat: keep the input of one block in every remat_every and recompute the rest in nested groups
   # (saved activations ~1/remat_every, one more forward pass of the blocks; avcl/models/stack.py).
   c.model.remat_every = 1
+  # Speed options (how the step is computed, not what: same values and gradients to float32 rounding).
+  c.model.bn_backward = "custom_vjp"  # BatchNorm's backward: "custom_vjp" (hand-written) or "autodiff".
+  c.model.im2col_max_positions = 4  # Convs onto 2-D maps of <= this many positions as patch matmuls (0: off).
 
   c.loss = ml_collections.ConfigDict()
   c.loss.pairs = ml_collections.ConfigDict()  # Weight of each InfoNCE pair "a_b" (0 disables).

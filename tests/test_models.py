@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from avcl.models import BatchNorm, build_model, count_params, model_summary, param_counts, set_bn_groups
+from avcl.models.conv import ConvImpl
 from avcl.models.tsm_resnet import TSMResNet, stem_downsampling, temporal_shift
 from configs.default import get_config
 
@@ -300,12 +301,37 @@ def test_batchnorm_gradients_match_finite_differences_and_autodiff(groups):
       down[i][idx] -= h
       fd[idx] = (_numpy_bn_loss(*up, weights, groups) - _numpy_bn_loss(*down, weights, groups)) / (2 * h)
     np.testing.assert_allclose(np.asarray(ours[i]), fd, rtol=1e-3, atol=1e-4)
-  batch_norm.CUSTOM_VJP = False
-  try:
-    autodiff = jax.grad(loss, argnums=(0, 1, 2))(*args)
-  finally:
-    batch_norm.CUSTOM_VJP = True
+  def loss_autodiff(x, scale, bias):  # the forward that BatchNorm(custom_vjp=False) differentiates
+    y, mean, var = batch_norm._train_autodiff(x, scale, bias, 1e-5, groups)
+    return (jnp.sum(weights[0] * y.reshape(weights[0].shape)) + jnp.sum(weights[1] * mean)
+            + jnp.sum(weights[2] * var))
+
+  autodiff = jax.grad(loss_autodiff, argnums=(0, 1, 2))(*args)
   for a, b in zip(ours, autodiff):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_batchnorm_custom_vjp_option_matches_autodiff_values_and_gradients(groups):
+  """BatchNorm(custom_vjp=False), the config's model.bn_backward="autodiff", against the default module:
+  same output, running statistics and gradients (input, scale, bias) to float32 rounding."""
+  x = jax.random.normal(jax.random.key(0), (8, 5, 3, 4)) * 2 + 1
+  ct = jax.random.normal(jax.random.key(1), x.shape)
+  outs = []
+  for custom_vjp in (True, False):
+    bn = BatchNorm(4, num_groups=groups, custom_vjp=custom_vjp)
+    bn.scale[...] = jnp.array([0.5, 1.0, 1.5, -2.0])
+    graphdef, params, rest = nnx.split(bn, nnx.Param, ...)
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+    def loss(params, x, graphdef=graphdef, rest=rest):
+      m = nnx.merge(graphdef, params, rest)
+      y = m(x, train=True)
+      return jnp.vdot(y, ct), (y, m.mean[...], m.var[...])
+    (_, aux), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+    outs.append(jax.tree.leaves((aux, grads)))
+  assert len(outs[0]) == len(outs[1]) == 6
+  for a, b in zip(*outs):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
@@ -630,6 +656,38 @@ def test_conv_general_dilated_matches_lax_values_and_gradients(shape, kernel, st
   # The modules use it: a 2x2 input through the default video encoder's conv factory equals lax.
   m = conv_lib.conv(kernel[2], kernel[3], kernel[:2], strides=stride, rngs=nnx.Rngs(0))
   np.testing.assert_allclose(np.asarray(m(x)), np.asarray(ref(x, m.kernel[...])), rtol=1e-5, atol=1e-5)
+  # The option turned off (config model.im2col_max_positions=0) leaves every map to lax.
+  off = {e.primitive.name for e in jax.make_jaxpr(
+      lambda x, k: ConvImpl(im2col_max_positions=0)(
+          x, k, (stride, stride), "SAME",
+          dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, k.shape, dn)))(x, k).eqns}
+  assert "conv_general_dilated" in off, off
+
+
+def test_speed_options_reach_every_module_and_keep_values_and_gradients():
+  """build_model applies config.model.bn_backward and im2col_max_positions to every BatchNorm and conv; the
+  default model and the one with both undone give the same embeddings and gradients (float32 rounding)."""
+  c = get_config()  # CNN14 and TSM-ResNet; the video encoder's last stage at 32 px is a 2x2 map (im2col)
+  inputs = {"logmel": jax.random.normal(jax.random.key(0), (4, 16, c.audio.n_mels)),
+            "video": jax.random.normal(jax.random.key(1), (4, 2, c.data.frame_size, c.data.frame_size, 3))}
+  results = []
+  for bn_backward, positions in (("custom_vjp", 4), ("autodiff", 0)):
+    c.model.bn_backward, c.model.im2col_max_positions = bn_backward, positions
+    model = build_model(c.model, c.audio, rngs=nnx.Rngs(0))
+    mods = [m for _, m in nnx.iter_modules(model)]
+    assert all(m.custom_vjp == (bn_backward == "custom_vjp") for m in mods if isinstance(m, BatchNorm))
+    convs = [m for m in mods if isinstance(m, nnx.Conv)]
+    assert convs and all(m.conv_general_dilated == ConvImpl(positions) for m in convs)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+    def loss(params, graphdef=graphdef, rest=rest):
+      z = jnp.concatenate(list(nnx.merge(graphdef, params, rest)(inputs, train=True).values()), -1)
+      return jnp.sum(z * jnp.cos(jnp.arange(z.size)).reshape(z.shape)), z
+    (_, z), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)  # jitted: eager nnx is minutes
+    results.append(jax.tree.leaves((z, g)))
+  for a, b in zip(*results):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
 
 
 def test_conv_factory_1d_uses_lax():

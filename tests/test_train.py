@@ -184,6 +184,8 @@ def test_weight_decay_skips_biases_and_norms(name):
     ("data.frame_size", 4, "data.frame_size=4 must be an integer in [8, 1024]"),
     ("seed", 2**31, "seed=2147483648 must be an integer in [0, 2147483647]"),
     ("seed", -1, "seed=-1 must be an integer in [0, 2147483647]"),
+    ("model.bn_backward", "fast", "model.bn_backward='fast' must be one of 'custom_vjp', 'autodiff'"),
+    ("model.im2col_max_positions", -1, "model.im2col_max_positions=-1 must be an integer >= 0"),
 ])
 def test_invalid_field_is_named(field, value, message):
   config = default_config.get_config()
@@ -416,6 +418,8 @@ def test_resume_with_changed_config_is_refused_naming_every_field(tmp_path, no_t
   assert "train.num_steps" not in msg.split("Fields free")[0]
   assert checkpoints.resumable("eval.tasks") and not checkpoints.resumable("evaluation.x")
   assert not checkpoints.resumable("data.root") and not checkpoints.resumable("train.num_steps_x")
+  assert checkpoints.resumable("model.bn_backward") and checkpoints.resumable("model.im2col_max_positions")
+  assert not checkpoints.resumable("model.dtype")
   assert "--allow_config_change" in msg
   # Nothing was overwritten or logged by the refused resume.
   assert (work / "config.json").read_text() == stored

@@ -20,16 +20,14 @@ Train mode has a hand-written backward pass (`normalize`, a custom VJP): the tex
 needs two reductions and one elementwise pass over the activations, where JAX's autodiff of the two-pass
 forward emits several more full passes. The narrow encoders are memory-bound on exactly these passes
 (benchmarks/step_profile.py: elementwise and BatchNorm fusions are a quarter of the default step);
-the gradients are the same to float32 rounding (tests/test_models.py).
+the gradients are the same to float32 rounding (tests/test_models.py). `BatchNorm(custom_vjp=False)` (config
+`model.bn_backward="autodiff"`) keeps autodiff's backward of the plain forward, for before/after timings.
 """
 import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
-# Benchmarks flip this to time autodiff's backward against the custom VJP; read at trace time.
-CUSTOM_VJP = True
 
 
 def _axes(xg: jax.Array) -> tuple[int, ...]:
@@ -98,7 +96,7 @@ def normalize(xg: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
 
 
 def _train_autodiff(x, scale, bias, epsilon, g):
-  """The train-mode forward as before the custom VJP, op for op (for benchmarks' before/after)."""
+  """The train-mode forward as before the custom VJP, op for op (`custom_vjp=False`: benchmarks' before)."""
   xg = x.reshape((g, x.shape[0] // g) + x.shape[1:])
   axes = tuple(range(1, xg.ndim - 1))
   mean = jnp.mean(xg, axis=axes, keepdims=True)
@@ -112,17 +110,19 @@ class BatchNorm(nnx.Module):
 
   Train mode normalises with batch statistics (per group when `num_groups` > 1) and updates the running
   averages with the mean over groups of the group statistics (what averaging per-device running stats
-  gives); eval mode normalises with the running averages.
+  gives); eval mode normalises with the running averages. custom_vjp: train mode's backward is the
+  hand-written one (True) or autodiff's (False); the same gradients to float32 rounding.
   """
 
   def __init__(self, features: int, *, momentum: float = 0.99, epsilon: float = 1e-5,
-               num_groups: int = 1, scale_init: float = 1.0):
+               num_groups: int = 1, scale_init: float = 1.0, custom_vjp: bool = True):
     if num_groups < 1:
       raise ValueError(f"BatchNorm num_groups must be >= 1, got {num_groups}")
     self.features = features
     self.momentum = momentum
     self.epsilon = epsilon
     self.num_groups = num_groups
+    self.custom_vjp = custom_vjp
     self.scale = nnx.Param(jnp.full((features,), scale_init, jnp.float32))
     self.bias = nnx.Param(jnp.zeros((features,), jnp.float32))
     self.mean = nnx.BatchStat(jnp.zeros((features,), jnp.float32))
@@ -140,7 +140,7 @@ class BatchNorm(nnx.Module):
                          f"needs a batch divisible by {g}, got batch {b}")
       # Group g holds rows [g b / G, (g + 1) b / G) of the batch; all other axes but features are reduced.
       # (The spatial axes stay separate: flattening them measured much slower on XLA:CPU.)
-      if CUSTOM_VJP:
+      if self.custom_vjp:
         y, mean, var = normalize(x.reshape((g, b // g) + x.shape[1:]), self.scale[...], self.bias[...],
                                  self.epsilon)
       else:

@@ -4,6 +4,7 @@ Channels-last (NWC / NHWC) is XLA's fast convolution layout on TPU and GPU. Kern
 parameters; `dtype` is the compute dtype (bfloat16 halves activation memory and uses the MXU / tensor
 cores at full rate).
 """
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -39,12 +40,14 @@ def lecun_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax
   return (_bucketed_normal(key, shape) * math.sqrt(1.0 / fan_in)).astype(dtype)
 
 
-# Output maps with at most this many positions are convolved as one matmul over explicit patches (im2col).
-SMALL_MAP_POSITIONS = 4
+# Default of `im2col_max_positions` (config `model.im2col_max_positions`): output maps with at most this many
+# positions are convolved as one matmul over explicit patches (im2col).
+IM2COL_MAX_POSITIONS = 4
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+                         dimension_numbers=None, feature_group_count=1, precision=None, *,
+                         im2col_max_positions: int = IM2COL_MAX_POSITIONS, **kwargs):
   """`jax.lax.conv_general_dilated`, except 2-D channels-last convolutions onto tiny output maps.
 
   Why: XLA:CPU's convolution kernels run a 3x3 conv onto a 2x2 map (the default video encoder's last
@@ -52,6 +55,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   sums as one [batch * positions, kh * kw * cin] @ [kh * kw * cin, cout] matmul over the (zero-padded)
   patches take a fifth of the time. Larger maps keep XLA's kernels: there the patch copies cost more than
   they save. Same arguments as lax's; lhs [n, h, w, cin], rhs [kh, kw, cin, cout] in the fast path.
+  im2col_max_positions: the largest output map (positions) convolved by im2col; 0: XLA's kernel always.
   """
   def lax_conv():
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
@@ -71,7 +75,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   pads = (jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), strides, padding) if isinstance(padding, str)
           else [tuple(p) for p in padding])
   out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in zip(lhs.shape[1:3], pads, (kh, kw), strides)]
-  if min(out) < 1 or out[0] * out[1] > SMALL_MAP_POSITIONS:
+  if min(out) < 1 or out[0] * out[1] > im2col_max_positions:
     return lax_conv()
   x = jnp.pad(lhs, ((0, 0), pads[0], pads[1], (0, 0)))
   (sh, sw), (oh, ow) = strides, out
@@ -80,9 +84,26 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
 
 
+@dataclasses.dataclass(frozen=True)
+class ConvImpl:
+  """The convolution an nnx.Conv calls, with its speed options as fields.
+
+  A frozen dataclass rather than a closure or functools.partial: nnx keeps it in the module's static
+  graph definition, where it must compare by value (two models built with the same options have equal
+  graphdefs, so jit caches and checkpoint structure do not depend on object identity).
+  """
+  im2col_max_positions: int = IM2COL_MAX_POSITIONS
+
+  def __call__(self, *args, **kwargs):
+    return conv_general_dilated(*args, im2col_max_positions=self.im2col_max_positions, **kwargs)
+
+
 def conv(in_features: int, out_features: int, kernel: Sequence[int], *, strides=1, padding="SAME",
          dilation=1, dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Conv:
-  """An N-d convolution (N = len(kernel)) over [batch, *spatial, in_features], without bias."""
+  """An N-d convolution (N = len(kernel)) over [batch, *spatial, in_features], without bias.
+
+  Built with the default ConvImpl; `set_speed_options` (avcl.models.model) changes it on a built model.
+  """
   return nnx.Conv(in_features, out_features, tuple(kernel), strides=strides, padding=padding,
                   kernel_dilation=dilation, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=he_normal, conv_general_dilated=conv_general_dilated, rngs=rngs)
+                  kernel_init=he_normal, conv_general_dilated=ConvImpl(), rngs=rngs)

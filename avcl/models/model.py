@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from avcl.models.batch_norm import set_bn_groups
+from avcl.models.batch_norm import BatchNorm, set_bn_groups
 from avcl.models.cnn14 import Cnn14
+from avcl.models.conv import IM2COL_MAX_POSITIONS, ConvImpl
 from avcl.models.heads import ProjectionHead, l2_normalize
 from avcl.models.res1dnet import MAX_DEPTH as RES1DNET_MAX_DEPTH
 from avcl.models.res1dnet import Res1dNet
@@ -24,6 +25,8 @@ ENCODERS = {"logmel": ("cnn14", "resnet"), "wave": ("res1dnet31",), "video": ("t
 # Input key -> encoder (and head) that embeds it.
 INPUT_ENCODER = {"logmel": "logmel", "logmel2": "logmel", "wave": "wave", "video": "video"}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# config.model.bn_backward: BatchNorm's train-mode backward (batch_norm.py): the hand-written VJP or autodiff's.
+BN_BACKWARDS = ("custom_vjp", "autodiff")
 
 
 def _positive_int(value, field):
@@ -64,6 +67,30 @@ def validate_model_config(model_cfg) -> None:
     raise ValueError(f"config.model.head_hidden must be an integer >= 0, got {model_cfg.head_hidden!r}")
   if model_cfg.dtype not in DTYPES:
     raise ValueError(f"config.model.dtype must be one of {tuple(DTYPES)}, got {model_cfg.dtype!r}")
+  # Speed options (same values and gradients to float32 rounding); .get: configs stored before them.
+  if model_cfg.get("bn_backward", BN_BACKWARDS[0]) not in BN_BACKWARDS:
+    raise ValueError(f"config.model.bn_backward must be one of {BN_BACKWARDS}, got {model_cfg.bn_backward!r}")
+  positions = model_cfg.get("im2col_max_positions", IM2COL_MAX_POSITIONS)
+  if not isinstance(positions, (int, np.integer)) or isinstance(positions, bool) or positions < 0:
+    raise ValueError(f"config.model.im2col_max_positions must be an integer >= 0, got {positions!r}")
+
+
+def set_speed_options(model: nnx.Module, *, bn_backward: str = BN_BACKWARDS[0],
+                      im2col_max_positions: int = IM2COL_MAX_POSITIONS) -> nnx.Module:
+  """Sets the speed options on every BatchNorm and convolution of `model` (in place; returns it).
+
+  The options change how the step is computed, not what: values and gradients agree with the plain path
+  to float32 rounding (tests/test_models.py). bn_backward: "custom_vjp" or "autodiff" (BatchNorm's
+  train-mode backward); im2col_max_positions: convolutions onto 2-D maps of at most this many positions
+  run as one matmul over patches (0: XLA's convolution everywhere). They are options of the model, not
+  module globals, so that a benchmark builds each variant side by side.
+  """
+  for _, module in nnx.iter_modules(model):
+    if isinstance(module, BatchNorm):
+      module.custom_vjp = bn_backward == "custom_vjp"
+    elif isinstance(module, nnx.Conv) and isinstance(module.conv_general_dilated, ConvImpl):
+      module.conv_general_dilated = ConvImpl(im2col_max_positions=int(im2col_max_positions))
+  return model
 
 
 def _build_encoder(enc: str, cfg, audio_cfg, *, dtype, bn_groups, remat, rngs) -> nnx.Module:
@@ -161,7 +188,9 @@ def build_model(model_cfg, audio_cfg, *, rngs: nnx.Rngs, bn_groups: int = 1) -> 
                                    remat=remat, rngs=rngs)
     heads[enc] = ProjectionHead(encoders[enc].feature_dim, model_cfg.embed_dim,
                                 hidden=model_cfg.head_hidden, bn_groups=groups, rngs=rngs)
-  return AVModel(encoders, heads)
+  return set_speed_options(AVModel(encoders, heads),
+                           bn_backward=model_cfg.get("bn_backward", BN_BACKWARDS[0]),
+                           im2col_max_positions=model_cfg.get("im2col_max_positions", IM2COL_MAX_POSITIONS))
 
 
 def count_params(module: Any) -> int:
@@ -192,4 +221,4 @@ def model_summary(model: AVModel) -> str:
 
 
 __all__ = ["AVModel", "build_model", "count_params", "param_counts", "model_summary",
-           "validate_model_config", "set_bn_groups"]
+           "validate_model_config", "set_bn_groups", "set_speed_options"]
