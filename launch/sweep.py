@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from configs.sweeps import dsl as sweep_dsl
-from data_pipeline import paths
+from data_pipeline import paths, tf_cpu
 from launch import common, local, procs, study_plots
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +75,7 @@ def join_path(root: str, name: str) -> str:
 
 def _read_text(path: str) -> str | None:
   if paths.is_remote(path):  # gs:// and friends: TensorFlow's file system layer, imported only when needed.
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = tf_cpu.import_tf()
     return tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else None
   if not os.path.isfile(path):
     return None
@@ -85,7 +85,7 @@ def _read_text(path: str) -> str | None:
 
 def _write_text(path: str, text: str) -> None:
   if paths.is_remote(path):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = tf_cpu.import_tf()
     with tf.io.gfile.GFile(path, "w") as f:
       f.write(text)
     return
@@ -101,7 +101,7 @@ def read_results(workdir: str) -> dict | None:
 
 def read_scalars(workdir: str, tag: str) -> list[tuple[int, float]]:
   """(step, value) of every scalar `tag` in the TensorBoard events directly in `workdir` (process 0's)."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf = tf_cpu.import_tf()
   out = []
   for path in sorted(tf.io.gfile.glob(join_path(workdir, "events.out.tfevents.*"))):
     for event in tf.compat.v1.train.summary_iterator(path):

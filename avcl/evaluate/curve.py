@@ -28,6 +28,7 @@ import matplotlib
 import numpy as np
 
 from avcl import checkpoints
+from avcl.evaluate import config as eval_config
 from avcl.evaluate import embed as embed_lib
 from avcl.evaluate import probes, report, runner
 from data_pipeline import paths
@@ -75,9 +76,9 @@ def learning_curve(workdir: str, config=None, tasks: Sequence[str] | None = None
     config = run_config
   else:
     runner.check_same_architecture(config, run_config, where=f"{workdir}/config.json")
-  config = runner.with_eval_defaults(config)
+  config = eval_config.with_eval_defaults(config)
   e = config.eval
-  runner.validate_eval_config(e)
+  eval_config.validate_eval_config(e)
   probe = probe or e.probe
   if probe not in probes.PROBES:
     raise ValueError(f"probe must be one of {sorted(probes.PROBES)}, got {probe!r}")
