@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs.sweeps import dsl
+from data_pipeline import tf_cpu
 from launch import common, gpu, local, procs, sweep, tpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -565,7 +566,7 @@ def test_study_sweeps_declare_valid_plots(name):
 
 
 def test_summary_reads_throughput_from_tensorboard(tmp_path):
-  import tensorflow as tf
+  tf = tf_cpu.import_tf()
   runs = [{"seed": 0}, {"seed": 1}]
   names = dsl.run_names(runs)
   for name, speeds in zip(names, [[10.0, 20.0], [30.0]]):

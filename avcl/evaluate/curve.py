@@ -14,7 +14,7 @@ Scores are in [0, 1]. Each is the validation score of the probe (trained on the 
 hyperparameters were picked on that same validation split: optimistic by that choice, equally for every
 column, and never touching the test split, so a curve can guide choices that the test split then judges.
 Embeddings, probes and the random-init baseline (the run's step-0 model with BatchNorm statistics
-estimated on each task's training clips) are those of `avcl.evaluate.evaluate`: the score of a step equals
+estimated on each task's training clips) are those of `avcl.evaluate.runner.evaluate`: the score of a step equals
 the `val_score` that evaluate writes to details.json for that checkpoint.
 """
 from __future__ import annotations
