@@ -25,9 +25,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
-from flax import serialization
+from flax import nnx, serialization
 from jax.experimental import multihost_utils
 
+from avcl.models import from_config
 from data_pipeline import paths
 
 CHECKPOINT_DIR = "checkpoints"
@@ -340,10 +341,6 @@ def restore_model(workdir: str | epath.Path, step: int | None = None
   train=False. Raises CheckpointError for a missing workdir, config or checkpoint, or for parameter shapes
   that do not match the architecture in WORKDIR/config.json.
   """
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-
-  from avcl import train as train_lib  # pylint: disable=g-import-not-at-top
-
   workdir = epath.Path(workdir)
   if not workdir.exists():
     raise CheckpointError(f"workdir {workdir} does not exist")
@@ -360,7 +357,7 @@ def restore_model(workdir: str | epath.Path, step: int | None = None
   elif step not in steps:
     raise CheckpointError(f"checkpoint step {step} not in {ckpt_dir}; available steps: {sorted(steps)}")
 
-  graphdef, abstract_model = train_lib.abstract_model(config)
+  graphdef, abstract_model = from_config.abstract_model(config)
   # This process's own first device: in multi-process runs every process restores a full local copy
   # (jax.devices()[0] would belong to process 0 alone and leave the others with no addressable shard).
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -13,7 +13,8 @@ from typing import Any
 
 import ml_collections
 
-from avcl import augment
+from avcl import augment, frontend, models
+from avcl.evaluate import config as eval_config
 
 # Encoder names avcl.models.build_model accepts ("" = no encoder of that kind).
 LOGMEL_ENCODERS = ("cnn14", "resnet")
@@ -297,24 +298,20 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int | None =
 
 
 def _check_frontend(cfg):
-  from avcl import frontend  # pylint: disable=g-import-not-at-top
   frontend.from_config(cfg.audio)
 
 
 def _check_augment(cfg):
-  from avcl import augment  # pylint: disable=g-import-not-at-top
   augment.validate_config(cfg.augment, prefix="augment.")
 
 
 def _check_model(cfg):
-  from avcl import models  # pylint: disable=g-import-not-at-top
   models.validate_model_config(cfg.model)
 
 
 def _check_eval(cfg):
-  from avcl.evaluate import runner  # pylint: disable=g-import-not-at-top
-  e = runner.with_eval_defaults(cfg).eval
-  runner.validate_eval_config(e)
+  e = eval_config.with_eval_defaults(cfg).eval
+  eval_config.validate_eval_config(e)
   # Checked here, before training, so that a run does not train for hours and then fail to evaluate.
   eval_encoder = "logmel" if cfg.model.logmel.name else "wave"
   if e.features == "stats" and cfg.model[eval_encoder].name != "cnn14":

@@ -522,7 +522,7 @@ def _write_index(results: list[FileResult], output: str, index_format: str) -> N
   rows = [{c: getattr(r, c) for c in INDEX_COLUMNS} for r in results]
   if index_format == "parquet":
     import pyarrow as pa  # pylint: disable=g-import-not-at-top  (optional: checked by the caller)
-    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top  (optional: checked by the caller)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buf)
     paths.write_bytes(paths.join(output, "index.parquet"), buf.getvalue())

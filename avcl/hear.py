@@ -29,10 +29,16 @@ import re
 
 import jax
 import numpy as np
+from flax import nnx
+from jax.experimental import jax2tf
 
-from data_pipeline import paths, schema
+from avcl import checkpoints
+from avcl import frontend as frontend_lib
+from avcl.evaluate import config as eval_config
+from avcl.evaluate import embed as embed_lib
+from data_pipeline import paths, tf_cpu
 
-tf = schema.import_tf()  # TensorFlow with every GPU hidden (JAX keeps the accelerator).
+tf = tf_cpu.import_tf()  # TensorFlow with every GPU hidden (JAX keeps the accelerator).
 
 # Windows per encoder call inside the graph: bounds activation memory for long or many sounds.
 _CHUNK = 64
@@ -59,16 +65,9 @@ class AvclHearModel(tf.Module):
 
   def __init__(self, model, config, step: int = 0, *, name: str = "avcl_hear"):
     super().__init__(name=name)
-    from flax import nnx
-    from jax.experimental import jax2tf
-
-    from avcl import frontend as frontend_lib
-    from avcl.evaluate import embed as embed_lib
-    from avcl.evaluate import runner
-
-    config = runner.with_eval_defaults(config)
+    config = eval_config.with_eval_defaults(config)
     e = config.eval
-    runner.validate_eval_config(e)
+    eval_config.validate_eval_config(e)
     self.sample_rate = int(config.audio.sample_rate)
     encoder = embed_lib.audio_encoder_name(model)
     self.checkpoint_step = int(step)
@@ -161,7 +160,6 @@ class _LoadedSavedModel(tf.Module):
 
 def _restore(path: str):
   """(model, config, step) from a workdir or a WORKDIR/checkpoints/<step> directory."""
-  from avcl import checkpoints
   path = paths.absolute(path.rstrip("/"))  # os.path's basename/dirname split URLs at "/" as well.
   step = None
   if re.fullmatch(r"\d+", os.path.basename(path)) and \
@@ -229,9 +227,7 @@ def get_timestamp_embeddings(audio, model) -> tuple[tf.Tensor, tf.Tensor]:
 
 def numpy_reference(model, config):
   """The same embeddings computed by avcl.evaluate.embed (JAX, numpy in and out), for checks."""
-  from avcl.evaluate import embed as embed_lib
-  from avcl.evaluate import runner
-  e = runner.with_eval_defaults(config).eval
+  e = eval_config.with_eval_defaults(config).eval
   return embed_lib.Embedder(model, config.audio, window_seconds=e.window_seconds, hop_seconds=e.hop_seconds,
                             batch_size=_CHUNK, timestamp_window_seconds=e.timestamp_window_seconds,
                             timestamp_hop_seconds=e.timestamp_hop_seconds, layer=e.features)

@@ -19,6 +19,11 @@ Multi-process (one process per host, or several on one machine with CPU collecti
 
 The embedded world is generated at config.data.root on first use (once, under a file lock, when
 config.data.generate_if_missing).
+
+Imports: this module is the one place in `avcl` that imports the project inside functions, on purpose.
+`--help`, the flag checks and the optional-package check (`data_pipeline.optional`) must run before
+TensorFlow and JAX load (seconds), so JAX, TensorFlow and every `avcl` module that imports them are
+imported where they are first needed (tests/test_layers.py allows it here only).
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from data_pipeline import optional, paths
+from data_pipeline import optional, paths, tf_cpu
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints, TensorBoard events "
@@ -162,10 +167,10 @@ def run(config, workdir: str, mode: str, *, allow_config_change: bool = False) -
     if out["train"]["status"] == "preempted":
       return out
   if mode in ("eval", "train_and_eval"):
-    from avcl import evaluate  # pylint: disable=g-import-not-at-top
+    from avcl.evaluate import runner as eval_runner  # pylint: disable=g-import-not-at-top
     if mode == "eval":
       ensure_world(config)
-    out["eval"] = evaluate.evaluate(workdir, config)
+    out["eval"] = eval_runner.evaluate(workdir, config)
   return out
 
 
@@ -176,10 +181,8 @@ def main(argv):
     # First, before TensorFlow and JAX load (seconds): a plain `pip install -e .` lacks tinysoundfont.
     optional.exit_if_missing("tinysoundfont", "python -m avcl.main (generating the embedded world at "
                              f"config.data.root={_CONFIG.value.data.root!r})")
-  # TensorFlow (tf.data, TensorBoard) must never take an accelerator from JAX.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
+  # TensorFlow (tf.data, TensorBoard) must never take an accelerator from JAX: hide GPUs from it first.
+  tf_cpu.import_tf()
   import jax  # pylint: disable=g-import-not-at-top
 
   initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -18,6 +18,7 @@ so the same global batch gives the same step on 1 or 8 devices, 1 or 2 processes
 from __future__ import annotations
 
 import dataclasses
+import logging as py_logging
 import math
 import os
 import signal
@@ -37,8 +38,11 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from avcl import augment as augment_lib
-from avcl import checkpoints, config_validation, models, optim, sharding
+from avcl import checkpoints, config_validation, losses, optim, sharding
 from avcl import frontend as frontend_lib
+from avcl.models import from_config
+from data_pipeline import input as input_lib
+from data_pipeline import paths, schema, tf_cpu
 
 # Minimum temperature when it is learned (CLIP's 1/100 clamp): below it the logits overflow. The clamp is
 # on the parameter (log_inv_temperature <= MAX_LOG_INV_TEMPERATURE after every update), not on its use: a
@@ -57,17 +61,6 @@ class NonFiniteLossError(FloatingPointError):
 # ---------------------------------------------------------------------------------------------------------
 # Model and state.
 # ---------------------------------------------------------------------------------------------------------
-def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
-  """(init key, train key) from the one seed."""
-  init_key, train_key = jax.random.split(jax.random.key(seed))
-  return init_key, train_key
-
-
-def _build(config: ml_collections.ConfigDict, bn_groups: int) -> models.AVModel:
-  init_key, _ = _keys(config.seed)
-  return models.build_model(config.model, config.audio, rngs=nnx.Rngs(init_key), bn_groups=bn_groups)
-
-
 def initial_model_state(config: ml_collections.ConfigDict) -> dict:
   """The model state (pure dict: parameters and BatchNorm statistics) a new run of `config` starts from.
 
@@ -75,17 +68,10 @@ def initial_model_state(config: ml_collections.ConfigDict) -> dict:
   step 0 on any mesh of the same backend (tests/test_eval_curve.py). Evaluation uses it for runs that did
   not write WORKDIR/initial_model.msgpack.
   """
-  fn = jax.jit(lambda: nnx.to_pure_dict(nnx.state(_build(config, 1))),
+  fn = jax.jit(lambda: nnx.to_pure_dict(nnx.state(from_config.build(config, 1))),
                compiler_options=_FAST_COMPILE if jax.default_backend() == "cpu" else None)
   with jax.default_device(jax.local_devices()[0]):
     return jax.device_get(fn())
-
-
-def abstract_model(config: ml_collections.ConfigDict, bn_groups: int = 1) -> tuple[nnx.GraphDef, dict]:
-  """(graphdef, pure dict of jax.ShapeDtypeStruct) of the config's AVModel, without computing anything."""
-  model = nnx.eval_shape(lambda: _build(config, bn_groups))
-  graphdef, state = nnx.split(model)
-  return graphdef, nnx.to_pure_dict(state)
 
 
 def _pairs(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -114,14 +100,14 @@ class Trainer:
 def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer:
   """Builds the model graph, optimizer and the jitted init and train-step functions for `mesh`."""
   bn_groups = mesh.devices.size
-  model = nnx.eval_shape(lambda: _build(config, bn_groups))
+  model = nnx.eval_shape(lambda: from_config.build(config, bn_groups))
   graphdef, _ = nnx.split(model)
   tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
   replicated = sharding.replicated(mesh)
   learn_t = bool(config.loss.learn_temperature)
 
   def init_fn() -> dict:
-    m = _build(config, bn_groups)
+    m = from_config.build(config, bn_groups)
     trainable = {"model": nnx.to_pure_dict(nnx.state(m, nnx.Param))}
     state = {"model": nnx.to_pure_dict(nnx.state(m)), "step": jnp.zeros((), jnp.int32)}
     if learn_t:
@@ -161,8 +147,6 @@ def make_loss_fn(config: ml_collections.ConfigDict, split_def: nnx.GraphDef, mes
   `nnx.split(model, nnx.Param, ...)`; batch: {"audio": f32[b, samples], "frames": u8[b, t, h, w, 3]};
   new_rest: `rest` after the forward pass (updated BatchNorm statistics).
   """
-  from avcl import losses  # pylint: disable=g-import-not-at-top  (its own branch; imported when used)
-
   frontend = frontend_lib.from_config(config.audio)
   pairs = _pairs(config)
   needed = _model_inputs_needed(config)
@@ -198,8 +182,9 @@ def make_step_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: 
   metrics: f32[] scalars: "loss", the contrastive loss's terms and top-1 accuracies, "learning_rate",
   "grad_norm", "temperature", "mix_weight".
   """
-  _, train_key = _keys(config.seed)
-  split_def = nnx.split(nnx.eval_shape(lambda: _build(config, mesh.devices.size)), nnx.Param, ...)[0]
+  _, train_key = from_config.keys(config.seed)
+  split_def = nnx.split(nnx.eval_shape(lambda: from_config.build(config, mesh.devices.size)), nnx.Param,
+                        ...)[0]
   loss_fn = make_loss_fn(config, split_def, mesh)
 
   def step_fn(state: dict, batch: dict):
@@ -244,12 +229,9 @@ def make_train_batches(config: ml_collections.ConfigDict, local_batch_size: int,
   examples the interrupted run consumed, so it sees exactly the batches the uninterrupted run would have.
   Skipping reads those records again without decoding them (input.make_dataset's skip_examples).
   """
-  from data_pipeline import input as input_lib  # pylint: disable=g-import-not-at-top
-  from data_pipeline import paths, schema  # pylint: disable=g-import-not-at-top
-
   pretrain = paths.join(config.data.root, "pretrain")
   if paths.is_remote(pretrain):  # gs:// and other remote roots: list through TensorFlow's file system.
-    tf = schema.import_tf()
+    tf = tf_cpu.import_tf()
     files = sorted(tf.io.gfile.glob(paths.join(pretrain, "train-*-of-*.tfrecord")))
     if not files:
       raise FileNotFoundError(f"no train-*-of-*.tfrecord shards in {pretrain}")
@@ -277,8 +259,7 @@ class MetricWriter:
     self.enabled = enabled
     self._writer = None
     if enabled:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.config.set_visible_devices([], "GPU")  # TF must never take an accelerator from JAX.
+      tf = tf_cpu.import_tf()  # TensorBoard's writer; TF must never take an accelerator from JAX.
       self._tf = tf
       self._writer = tf.summary.create_file_writer(os.fspath(workdir))
 
@@ -327,7 +308,6 @@ class PreemptionWatcher:
 
 def _quiet_orbax_logs() -> None:
   """Orbax logs every save at INFO in dozens of lines; keep its warnings, drop the rest."""
-  import logging as py_logging  # pylint: disable=g-import-not-at-top
   handler = logging.get_absl_handler()
   if not any(getattr(f, "_avcl_orbax", False) for f in handler.filters):
     def keep(record):

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from avcl import frontend  # noqa: E402
 from configs.default import get_config  # noqa: E402
+from data_pipeline import tf_cpu  # noqa: E402
 
 DB_PER_NEPER = 10.0 / np.log(10.0)  # dB of power per unit of natural log.
 
@@ -97,8 +98,7 @@ def run(clips, seconds_per_clip, repeats, with_tf):
             ("  numpy rfft alone", _time(lambda: np.fft.rfft(framed, axis=-1), repeats))]
 
   if with_tf:
-    import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")
+    tf = tf_cpu.import_tf()
     mel_fb = tf.constant(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=c.n_mels, fmin=c.fmin,
                                              fmax=c.fmax, htk=c.mel_scale == "htk").T)
     window = librosa.util.pad_center(librosa.filters.get_window("hann", win, fftbins=True), size=n_fft)

@@ -29,8 +29,8 @@ def bench_ingest(num_videos: int, workdir: str, workers: int) -> tuple[float, st
                sample_rate=44100, channels=2, seed=i)
   out = os.path.join(workdir, "shards")
   # Import TensorFlow (the shard writer) before timing: a one-off cost, not a per-clip one.
-  from data_pipeline import schema
-  schema.import_tf()
+  from data_pipeline import tf_cpu
+  tf_cpu.import_tf()
   t = time.perf_counter()
   m = ingest.ingest(src, out, workers=workers, shard_clips=max(1, num_videos // 4), progress=False)
   dt = time.perf_counter() - t

@@ -49,7 +49,7 @@ from avcl import augment as augment_lib  # noqa: E402
 from avcl import frontend as frontend_lib  # noqa: E402
 from avcl import losses, sharding, train  # noqa: E402
 from avcl.models import conv as conv_lib  # noqa: E402
-from avcl.models import tsm_resnet  # noqa: E402
+from avcl.models import from_config, tsm_resnet  # noqa: E402
 from benchmarks.train_step import _flops, _synthetic_batch, matmul_rate  # noqa: E402
 from configs import default as default_config  # noqa: E402
 
@@ -100,7 +100,7 @@ def component_rows(config, repeats):
   rows.append(("augment (gain, mixing, SpecAugment, frames)",)
               + measure(augment, (jax.random.key(1), batch), repeats))
 
-  model = train._build(config, mesh.devices.size)  # pylint: disable=protected-access
+  model = from_config.build(config, mesh.devices.size)
   split_def, params, rest = train._split_parts(model)  # pylint: disable=protected-access
   views = augment_lib.augment_batch(jax.random.key(1), batch, config.augment, mesh=mesh,
                                     frontend=fe)

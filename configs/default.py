@@ -17,6 +17,8 @@ import os
 
 import ml_collections
 
+from avcl.evaluate import config as eval_config
+
 
 def default_data_root() -> str:
   return os.environ.get("AVCL_DATA", os.path.join(os.path.expanduser("~"), ".cache", "avcl", "embedded"))
@@ -130,32 +132,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 50  # Steps between checkpoints.
   c.train.keep_checkpoints = 12  # Checkpoints kept on disk (the newest); older ones are deleted.
 
-  c.eval = ml_collections.ConfigDict()
-  c.eval.tasks = ("keyword", "speaker", "language", "instrument", "sound_events")  # Downstream tasks.
-  # Embedding window (ours: the training crop, data.clip_seconds); a clip embedding averages windows.
-  c.eval.window_seconds = 1.5
-  c.eval.hop_seconds = 0.75  # Hop between embedding windows.
-  c.eval.batch_size = 64  # Clips per embedding batch.
-  # Features probed: "stats" (CNN14 only: mean and std over time of the last conv map, frequency kept; the
-  # statistics the log-mel baseline takes of each band), "pooled" (the encoder's globally pooled conv
-  # features, before its fc) or "output" (after the fc and ReLU, the projection head's input). Ours:
-  # "stats" with 1.5 s windows, picked among {pooled, stats} x {2.0 s, 1.5 s windows} by the mean
-  # validation score of the pretrained encoder over the five tasks and three seeds (docs/evaluation.md).
-  c.eval.features = "stats"
-  c.eval.baselines = ("random_init", "logmel")  # Baselines scored beside the pretrained encoder.
-  # random_init is the run's step-0 model; its BatchNorm statistics (mean 0, variance 1 at init, which leaves
-  # the raw log-mel, about -14 to +5, unnormalised) are first estimated on this many windows of each task's
-  # training clips (0: keep them). At most 4096: the windows go through the encoder as one batch.
-  c.eval.bn_calibration_windows = 256
-  c.eval.probe = "linear"  # Probe on frozen embeddings: "linear" (softmax/sigmoid) or "mlp".
-  c.eval.mlp_hidden = 512  # Hidden width of the MLP probe.
-  c.eval.finetune = False  # Also fine-tune the whole encoder per task (slow on CPU); score "finetuned".
-  c.eval.finetune_steps = 300  # Fine-tuning steps (best step picked on validation).
-  c.eval.finetune_learning_rate = 1e-4  # Adam learning rate for fine-tuning.
-  c.eval.timestamp_window_seconds = 1.0  # Window centred on each timestamp of frame-level embeddings.
-  c.eval.timestamp_hop_seconds = 0.05  # Hop between timestamps of frame-level (HEAR) embeddings.
-  c.eval.max_examples_per_split = 0  # Cap on examples read per split (0: all), for huge datasets.
-  c.eval.tfds_data_dir = ""  # TFDS data dir for real datasets ("": TFDS's default, ~/tensorflow_datasets).
-  c.eval.audioset_dir = ""  # Directory of AudioSet DMVR TFRecords (balanced_train*, unbalanced_train*, eval*).
-  c.eval.audioset_sample_rate = 0  # Rate of AudioSet records lacking audio/sample_rate (0: require it).
+  c.eval = eval_config.defaults()  # Downstream evaluation: fields and defaults in avcl/evaluate/config.py.
   return c

@@ -51,7 +51,7 @@ log = logging.getLogger("data_pipeline.beam_ingest")
 # ---- file system helpers: Beam's FileSystems, so gs:// (and hdfs://, s3://) work as local paths do ----------
 
 def _join(base: str, *parts: str) -> str:
-  from apache_beam.io.filesystems import FileSystems
+  from apache_beam.io.filesystems import FileSystems  # Deferred: optional (the beam extra).
   return FileSystems.join(base, *parts)
 
 
@@ -61,12 +61,12 @@ def _makedirs(path: str) -> None:
 
 
 def _exists(path: str) -> bool:
-  from apache_beam.io.filesystems import FileSystems
+  from apache_beam.io.filesystems import FileSystems  # Deferred: optional (the beam extra).
   return FileSystems.exists(path)
 
 
 def _read_bytes(path: str) -> bytes:
-  from apache_beam.io.filesystems import FileSystems
+  from apache_beam.io.filesystems import FileSystems  # Deferred: optional (the beam extra).
   with FileSystems.open(path, compression_type="uncompressed") as f:
     return f.read()
 
@@ -76,7 +76,7 @@ def _write_atomic(path: str, write) -> None:
 
   As in the local path, a crash leaves at most a `*.tmp-*` file, never a partial file under the final name.
   """
-  from apache_beam.io.filesystems import FileSystems
+  from apache_beam.io.filesystems import FileSystems  # Deferred: optional (the beam extra).
   tmp = f"{path}.tmp-{os.getpid()}-{time.monotonic_ns()}"
   try:
     with FileSystems.create(tmp, compression_type="uncompressed") as f:
@@ -96,7 +96,8 @@ def _write_json(path: str, obj) -> None:
 
 def write_tfrecords(path: str, records: Sequence[bytes]) -> int:
   """TFRecord framing (as tf.io.TFRecordWriter writes it) through Beam's file systems; returns the count."""
-  from apache_beam.io.tfrecordio import _TFRecordUtil  # The framing + masked CRC32C Beam's own sink uses.
+  # Deferred: optional (the beam extra). The framing + masked CRC32C Beam's own sink uses.
+  from apache_beam.io.tfrecordio import _TFRecordUtil
 
   def write(f):
     for r in records:
@@ -177,7 +178,7 @@ def convert_remote_or_local(job: ingest.Job, options: ingest.Options, pool: inge
 
   if not paths.is_remote(job.path):
     return convert(job)
-  from apache_beam.io.filesystems import FileSystems
+  from apache_beam.io.filesystems import FileSystems  # Deferred: optional (the beam extra).
   suffix = os.path.splitext(job.path)[1]
   with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
     try:
@@ -207,8 +208,8 @@ def write_shard(shard: int, items, *, plan: Plan, shard_clips: int) -> int:
 
 def _convert_dofn(options: ingest.Options, shard_clips: int, timeout_s: float, convert_job):
   """A DoFn: (index, Job) -> (shard, (index, result)); each Beam worker thread keeps one decoder process."""
-  import apache_beam as beam
-  from apache_beam.metrics import Metrics
+  import apache_beam as beam  # Deferred: optional (the beam extra).
+  from apache_beam.metrics import Metrics  # Deferred: optional (the beam extra).
 
   class Convert(beam.DoFn):
     """Skips are results like records: they go to their shard's summary and so into manifest.json."""
@@ -237,7 +238,7 @@ def _convert_dofn(options: ingest.Options, shard_clips: int, timeout_s: float, c
 
 def build_pipeline(p, plan: Plan, options: ingest.Options, shard_clips: int,
                    timeout_s: float = ingest.DEFAULT_TIMEOUT_S, convert=ingest.convert_job):
-  import apache_beam as beam
+  import apache_beam as beam  # Deferred: optional (the beam extra).
   pending = frozenset(plan.pending)
 
   def parse(line):
@@ -264,8 +265,8 @@ def run(input_path: str, output: str, *, labels_csv: str | None = None, options:
   Each input converts in a decoder process under `timeout_s` (see `convert_remote_or_local`); `convert`
   replaces `ingest.convert_job` as in `ingest.ingest` (tests use it to crash or hang a decoder).
   """
-  import apache_beam as beam
-  from apache_beam.options.pipeline_options import PipelineOptions
+  import apache_beam as beam  # Deferred: optional (the beam extra).
+  from apache_beam.options.pipeline_options import PipelineOptions  # Deferred: optional (the beam extra).
   options = options or ingest.Options()
   if not timeout_s > 0:
     raise ValueError(f"timeout_s must be > 0, got {timeout_s}.")

@@ -48,8 +48,9 @@ import time
 import zlib
 
 import numpy as np
+from tqdm import tqdm
 
-from data_pipeline import optional, schema
+from data_pipeline import optional, schema, tf_cpu
 from data_pipeline.synth import events, music, scene, speech
 
 GENERATOR_VERSION = 1
@@ -367,10 +368,6 @@ def _num_shards(split_dir: str, n: int) -> int:
 def _progress(total: int, enabled: bool):
   if not enabled:
     return None
-  try:
-    from tqdm import tqdm
-  except ImportError:
-    return None
   return tqdm(total=total, unit="clip", desc="embedded world", file=sys.stderr)
 
 
@@ -395,7 +392,7 @@ def generate(output: str, clips: int | None = None, seed: int = 0, workers: int 
   optional.require("tinysoundfont", "generating the embedded world (data_pipeline.embedded)")
   plan = plan_world(seed, clips)
   # TensorFlow (for the TFRecord writer) takes seconds to import: do it while the workers render.
-  tf_import = threading.Thread(target=schema.import_tf, daemon=True)
+  tf_import = threading.Thread(target=tf_cpu.import_tf, daemon=True)
   tf_import.start()
   os.makedirs(output, exist_ok=True)
   world_json = os.path.join(output, "world.json")

@@ -62,8 +62,10 @@ import struct
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from multiprocessing import connection as mp_connection
 
 import numpy as np
+from tqdm import tqdm
 
 from data_pipeline import schema
 
@@ -142,7 +144,7 @@ class IngestError(RuntimeError):
 # One video -> one Clip.
 
 def _open(path: str):
-  import av
+  import av  # pylint: disable=g-import-not-at-top  (deferred: the decode stack loads FFmpeg; only decoder processes need it)
   if not os.path.isfile(path) or not os.access(path, os.R_OK):
     return None, Skip(path, "unreadable", "no such file" if not os.path.exists(path) else
                       "not a readable regular file")
@@ -159,7 +161,7 @@ def _open(path: str):
 def _seek(container, seconds: float) -> None:
   """Seeks to the keyframe at or before `seconds`, only to save decoding: where seeking fails (streams
   without an index) decoding simply starts at the beginning, and frames before the span are dropped."""
-  import av
+  import av  # pylint: disable=g-import-not-at-top  (deferred: the decode stack loads FFmpeg; only decoder processes need it)
   try:
     container.seek(int(seconds * 1e6), backward=True, any_frame=False)
   except av.FFmpegError:
@@ -179,8 +181,8 @@ def downmix(frame) -> np.ndarray:
 def _decode_audio(container, stream, start_s, end_s, sample_rate):
   """All audio in [start_s, end_s] as mono f32 at `sample_rate` (not clipped), and the time (s) of its first
   sample."""
-  import av
-  import soxr
+  import av  # pylint: disable=g-import-not-at-top  (deferred: the decode stack loads FFmpeg; only decoder processes need it)
+  import soxr  # pylint: disable=g-import-not-at-top  (deferred with PyAV: the decoder processes' resampler)
   resampler = stream_resampler = None
   chunks, t0 = [], None
   if start_s:
@@ -209,9 +211,7 @@ def _decode_audio(container, stream, start_s, end_s, sample_rate):
 
 def _frame_to_jpeg(frame, size, quality):
   """VideoFrame -> JPEG bytes of the upright, short-side-scaled, centre-cropped size x size image."""
-  import io
-
-  from PIL import Image
+  from PIL import Image  # pylint: disable=g-import-not-at-top  (deferred: the decode stack loads FFmpeg; only decoder processes need it)
   rotation = (getattr(frame, "rotation", 0) or 0) % 360
   w, h = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
   scale = size / min(w, h)
@@ -290,7 +290,7 @@ def convert_video(path: str, start_s: float | None, end_s: float | None, labels:
   Pure apart from reading `path`: no global state, safe in any worker process (and in Apache Beam).
   `labels`: label indices; `label_strings`: their names (parallel).
   """
-  import av
+  import av  # pylint: disable=g-import-not-at-top  (deferred: the decode stack loads FFmpeg; only decoder processes need it)
   video_id = video_id or path
   for name, value in (("start", start_s), ("end", end_s)):
     if value is not None and not math.isfinite(value):
@@ -770,13 +770,12 @@ class WorkerPool:
 
   def wait(self) -> list[tuple[int, dict]]:
     """Blocks until at least one running input finished, crashed or timed out; returns their (i, result)."""
-    from multiprocessing.connection import wait
     out = []
     while not out and self.busy:
       now = time.monotonic()
       first_deadline = min(d for _, d in self.busy.values())
       handles = [h for proc, conn in self.busy for h in (conn, proc.sentinel)]
-      ready = set(wait(handles, timeout=max(0.0, first_deadline - now)))
+      ready = set(mp_connection.wait(handles, timeout=max(0.0, first_deadline - now)))
       now = time.monotonic()
       for worker, (args, deadline) in list(self.busy.items()):
         proc, conn = worker
@@ -887,7 +886,6 @@ def ingest(input_path: str, output: str, *, labels_csv: str | None = None, optio
   if any(done):
     log.info("Resuming: %d of %d shards already written.", sum(done), num_shards)
 
-  from tqdm import tqdm
   bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), unit="video", desc="ingest",
              disable=(not progress) if progress is not None else None)
   buffers: dict[int, dict[int, dict]] = {}

@@ -30,7 +30,7 @@ import math
 import os
 from collections.abc import Sequence
 
-from data_pipeline import schema
+from data_pipeline import schema, tf_cpu
 
 _PAD_SEED = 0x5EED
 
@@ -47,7 +47,7 @@ def num_examples(files: Sequence[str]) -> int:
     if os.path.exists(f):
       total += schema.count_records(f)
     else:  # Remote paths (gs://...): let TensorFlow read them.
-      tf = schema.import_tf()
+      tf = tf_cpu.import_tf()
       total += int(tf.data.TFRecordDataset(f).reduce(0, lambda n, _: n + 1))
   return total
 
@@ -77,7 +77,7 @@ def num_eval_batches(files: Sequence[str], batch_size: int, process_count: int =
 def _crop_and_decode(ex, seed, *, train, full_clip, n_samples, n_frames, sample_rate, fps, frame_size,
                      video_random_crop, video_flip):
   """Parsed record -> {audio f32[n_samples], frames u8[n_frames, S, S, 3]} cut at one instant."""
-  tf = schema.import_tf()
+  tf = tf_cpu.import_tf()
   audio, jpegs = ex["audio"], ex["frames_jpeg"]
   checks = [
       tf.debugging.assert_equal(ex["sample_rate"], tf.constant(sample_rate, tf.int64), message=(
@@ -122,7 +122,7 @@ def _resize_frames(frames, seed, *, frame_size, random_crop, flip):
   Antialiased bilinear resizing: training video is low resolution, and plain bilinear sampling of a 2x or 4x
   downscale aliases moving edges into flicker.
   """
-  tf = schema.import_tf()
+  tf = tf_cpu.import_tf()
   shape = tf.shape(frames)
   h, w = shape[1], shape[2]
   side = tf.minimum(h, w)
@@ -166,7 +166,7 @@ def make_dataset(files: Sequence[str], *, batch_size: int, train: bool, clip_sec
   clip length as clip_seconds to keep whole clips), last batch padded with `mask` False; every process yields
   `num_eval_batches(files, batch_size, process_count)` batches.
   """
-  tf = schema.import_tf()
+  tf = tf_cpu.import_tf()
   files = list(files)
   _check("files", files, len(files) > 0, "a non-empty list of TFRecord paths")
   _check("batch_size", batch_size, batch_size >= 1, ">= 1")

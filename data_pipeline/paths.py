@@ -13,6 +13,8 @@ import glob as _glob
 import os
 import re
 
+from data_pipeline import tf_cpu  # Light: TensorFlow itself loads on the first remote file access.
+
 # A URL scheme (RFC 3986: a letter, then letters, digits, "+", "-", "."), then "://". Windows drive letters
 # ("C:\") and local names containing "://" further along are not URLs.
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -37,8 +39,7 @@ def absolute(path: str) -> str:
 
 
 def _gfile():
-  from data_pipeline import schema  # pylint: disable=g-import-not-at-top  (TensorFlow: only when a file is touched)
-  return schema.import_tf().io.gfile
+  return tf_cpu.import_tf().io.gfile
 
 
 def exists(path: str) -> bool:

@@ -42,8 +42,10 @@ import struct
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from data_pipeline import paths as _paths  # `paths` is a common local name here.
+from data_pipeline import tf_cpu
 
 FORMAT_VERSION = 1
 
@@ -88,8 +90,6 @@ class Clip:
 # Protobuf messages without TensorFlow.
 
 def _build_messages():
-  from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
   f = descriptor_pb2.FileDescriptorProto(name="avcl_example.proto", package="avcl_example", syntax="proto3")
   label_rep = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
   label_opt = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
@@ -222,26 +222,6 @@ def parse(serialized: bytes) -> Clip:
       if LABEL_STRING in ctx else [])
 
 
-_TF = None
-
-
-def import_tf():
-  """Imports TensorFlow with every GPU hidden from it (TF must never take an accelerator from JAX)."""
-  global _TF
-  if _TF is None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-    try:
-      tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:
-      # Devices were already initialised (someone imported TF before us); they must already be hidden.
-      if tf.config.get_visible_devices("GPU"):
-        raise RuntimeError("TensorFlow was initialised with a visible GPU before data_pipeline could hide "
-                           "it; call data_pipeline.schema.import_tf() before using TensorFlow.") from None
-    _TF = tf
-  return _TF
-
-
 def parse_tf(serialized):
   """Serialized SequenceExample (scalar tf.string) -> dict of tensors, for `tf.data`.
 
@@ -250,7 +230,7 @@ def parse_tf(serialized):
   Missing context keys (records from other DMVR tools) read as 0 / empty; consumers that need
   `sample_rate` and `fps` check them.
   """
-  tf = import_tf()
+  tf = tf_cpu.import_tf()
   context_features = {
       VIDEO_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
       START: tf.io.FixedLenFeature([], tf.int64, default_value=0),
@@ -318,7 +298,7 @@ def write_records(path: str, records: Iterable[bytes]) -> int:
 
   A crash leaves at most a `*.tmp-*` file behind, never a truncated shard under the final name.
   """
-  tf = import_tf()
+  tf = tf_cpu.import_tf()
   tmp = f"{path}.tmp-{os.getpid()}"
   n = 0
   try:

@@ -1,7 +1,7 @@
 r"""Run every variant of a sweep config, one after another, each in its own workdir; summarise the results.
 
 A sweep config is an ordinary config file (`get_config()`, the base of every run) that also defines
-`get_sweep()`, the list of override dicts (built with `launch.sweep_utils.product` / `zip` / `axis`).
+`get_sweep()`, the list of override dicts (built with `configs.sweeps.dsl.product` / `zip` / `axis`).
 
     python -m launch.sweep --config configs/sweeps/tiny.py --dry-run        # list runs and commands
     python -m launch.sweep --config configs/sweeps/tiny.py                  # run them here
@@ -30,8 +30,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from data_pipeline import paths
-from launch import common, local, procs, study_plots, sweep_utils
+from configs.sweeps import dsl as sweep_dsl
+from data_pipeline import paths, tf_cpu
+from launch import common, local, procs, study_plots
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_INFO = "sweep_run.json"  # Written by this launcher into each run's workdir.
@@ -43,7 +44,7 @@ def load_sweep(config_path: str) -> list[dict[str, Any]]:
   """Imports the config file and returns its `get_sweep()` (checked: a non-empty list of dicts)."""
   if not os.path.isfile(config_path):
     raise ValueError(f"--config {config_path!r}: no such file")
-  if REPO_ROOT not in sys.path:  # Sweep configs import configs.default and launch.sweep_utils.
+  if REPO_ROOT not in sys.path:  # Sweep configs import configs.default and configs.sweeps.dsl.
     sys.path.insert(0, REPO_ROOT)
   spec = importlib.util.spec_from_file_location("avcl_sweep_config", config_path)
   module = importlib.util.module_from_spec(spec)
@@ -74,7 +75,7 @@ def join_path(root: str, name: str) -> str:
 
 def _read_text(path: str) -> str | None:
   if paths.is_remote(path):  # gs:// and friends: TensorFlow's file system layer, imported only when needed.
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = tf_cpu.import_tf()
     return tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else None
   if not os.path.isfile(path):
     return None
@@ -84,7 +85,7 @@ def _read_text(path: str) -> str | None:
 
 def _write_text(path: str, text: str) -> None:
   if paths.is_remote(path):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = tf_cpu.import_tf()
     with tf.io.gfile.GFile(path, "w") as f:
       f.write(text)
     return
@@ -100,7 +101,7 @@ def read_results(workdir: str) -> dict | None:
 
 def read_scalars(workdir: str, tag: str) -> list[tuple[int, float]]:
   """(step, value) of every scalar `tag` in the TensorBoard events directly in `workdir` (process 0's)."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf = tf_cpu.import_tf()
   out = []
   for path in sorted(tf.io.gfile.glob(join_path(workdir, "events.out.tfevents.*"))):
     for event in tf.compat.v1.train.summary_iterator(path):
@@ -271,7 +272,7 @@ def main(argv=None) -> int:
   a = p.parse_args(argv)
   try:
     sweep = load_sweep(a.config)
-    names = sweep_utils.run_names(sweep)
+    names = sweep_dsl.run_names(sweep)
     plots = load_plots(a.config, sweep)  # Checked now, not after hours of runs.
     base = common.parse_overrides(a.override)
     clash = sorted(set(base) & {k for run in sweep for k in run})

@@ -14,6 +14,7 @@ import os
 from absl import app, flags
 
 from avcl import main as avcl_main  # Defines --config, --workdir, --distributed, ... (reused as is).
+from data_pipeline import tf_cpu
 
 _LOSSES_OUT = flags.DEFINE_string("losses_out", None, "Path prefix of the per-process JSON results.")
 
@@ -40,8 +41,7 @@ def fixed_batches(config, start_step: int, process_index: int, process_count: in
 
 def main(argv):
   del argv
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")
+  tf_cpu.import_tf()  # GPUs hidden from TensorFlow before JAX loads.
   import jax
 
   from avcl import checkpoints, train

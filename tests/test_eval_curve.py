@@ -15,6 +15,7 @@ from flax import nnx
 
 from avcl import checkpoints, frontend, sharding, train
 from avcl.evaluate import cli, curve, embed, runner
+from avcl.evaluate import config as eval_config
 from avcl.evaluate import tasks as tasks_lib
 from configs import test_tiny
 from tests import tiny_data
@@ -117,7 +118,7 @@ def test_sample_windows_is_uniform_and_seeded():
 def test_bn_calibration_windows_out_of_range_is_named(value, tmp_path):
   e = ml_collections.ConfigDict({**_config(tmp_path).eval.to_dict(), "bn_calibration_windows": value})
   with pytest.raises(ValueError, match=r"config\.eval\.bn_calibration_windows must be an integer in \[0, 4096\]"):
-    runner.validate_eval_config(e)
+    eval_config.validate_eval_config(e)
 
 
 def test_cpu_seconds_are_recorded_per_checkpoint(run):

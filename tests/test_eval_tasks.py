@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from avcl.evaluate import tasks
-from data_pipeline import schema
+from data_pipeline import schema, tf_cpu
 
 
 def _clip(vid, labels, rate=8000, seconds=0.5, seed=0):
@@ -90,7 +90,7 @@ def test_tfds_task_with_mock_data(tmp_path, name, classes):
 
 def test_tfds_int_audio_is_scaled_and_resampled(tmp_path):
   tfds = tasks._tfds()
-  import tensorflow as tf
+  tf = tf_cpu.import_tf()
 
   def as_dataset(self, split, **kwargs):
     audio = np.full(16000, 16384, np.int16)

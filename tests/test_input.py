@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline import ingest, schema
+from data_pipeline import ingest, schema, tf_cpu
 from data_pipeline import input as inp
 from tests.video_fixtures import flash_click_video  # noqa: F401  (fixture)
 
@@ -105,7 +105,7 @@ def test_labels_single_and_multi_hot(tmp_path):
                             multi_label=True, **KW).as_numpy_iterator())
   assert b["label"].dtype == np.float32
   np.testing.assert_array_equal(b["label"], [[1, 0, 0, 1], [0, 0, 0, 0]])
-  tf = schema.import_tf()
+  tf = tf_cpu.import_tf()
   with pytest.raises(tf.errors.InvalidArgumentError, match="num_classes=2"):
     list(inp.make_dataset(schema.list_shards(d, "single"), batch_size=2, train=False, num_classes=2, **KW))
   with pytest.raises(tf.errors.InvalidArgumentError, match="single-label"):
@@ -119,7 +119,7 @@ def test_bad_arguments_and_sample_rate_mismatch(shard_sets):
     inp.make_dataset(shard_sets[2], batch_size=2, train=False, **{**KW, "frame_size": 0})
   with pytest.raises(ValueError, match="no training records"):
     inp.make_dataset(shard_sets[2][:1], batch_size=2, train=True, process_index=12, process_count=13, **KW)
-  tf = schema.import_tf()
+  tf = tf_cpu.import_tf()
   with pytest.raises(tf.errors.InvalidArgumentError, match="sample_rate=8000"):
     list(inp.make_dataset(shard_sets[2], batch_size=2, train=False, **{**KW, "sample_rate": 8000}))
 

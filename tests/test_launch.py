@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from launch import common, gpu, local, procs, sweep, sweep_utils, tpu
+from configs.sweeps import dsl
+from data_pipeline import tf_cpu
+from launch import common, gpu, local, procs, sweep, tpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -401,38 +403,38 @@ def test_sweep_stops_at_a_preempted_run_and_exits_75(tmp_path, monkeypatch, caps
 # ---- sweeps --------------------------------------------------------------------------------------
 
 def test_product_and_zip():
-  grid = sweep_utils.product(sweep_utils.axis("a", [1, 2]), sweep_utils.axis("b", ["x", "y", "z"]))
+  grid = dsl.product(dsl.axis("a", [1, 2]), dsl.axis("b", ["x", "y", "z"]))
   assert grid == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 1, "b": "z"},
                   {"a": 2, "b": "x"}, {"a": 2, "b": "y"}, {"a": 2, "b": "z"}]
-  pairs = sweep_utils.zip(sweep_utils.axis("a", [1, 2]), sweep_utils.axis("b", [3, 4]))
+  pairs = dsl.zip(dsl.axis("a", [1, 2]), dsl.axis("b", [3, 4]))
   assert pairs == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
-  assert sweep_utils.product(pairs, sweep_utils.axis("seed", [0, 1]))[3] == {"a": 2, "b": 4, "seed": 1}
-  assert sweep_utils.product() == [{}]
+  assert dsl.product(pairs, dsl.axis("seed", [0, 1]))[3] == {"a": 2, "b": 4, "seed": 1}
+  assert dsl.product() == [{}]
   with pytest.raises(ValueError, match="different lengths"):
-    sweep_utils.zip(sweep_utils.axis("a", [1, 2]), sweep_utils.axis("b", [3]))
+    dsl.zip(dsl.axis("a", [1, 2]), dsl.axis("b", [3]))
   with pytest.raises(ValueError, match="set by two axes"):
-    sweep_utils.product(sweep_utils.axis("a", [1]), sweep_utils.axis("a", [2]))
+    dsl.product(dsl.axis("a", [1]), dsl.axis("a", [2]))
   with pytest.raises(ValueError, match="no values"):
-    sweep_utils.axis("a", [])
+    dsl.axis("a", [])
 
 
 def test_run_names_distinct_and_readable():
-  runs = sweep_utils.product(sweep_utils.axis("data.frame_size", [16, 112]),
-                             sweep_utils.axis("augment.mix.enabled", [False, True]),
-                             sweep_utils.axis("model.video.name", ["tsm_resnet", ""]),
-                             sweep_utils.axis("optim.learning_rate", [1e-3, 1.0001e-3]))
-  names = sweep_utils.run_names(runs)
+  runs = dsl.product(dsl.axis("data.frame_size", [16, 112]),
+                             dsl.axis("augment.mix.enabled", [False, True]),
+                             dsl.axis("model.video.name", ["tsm_resnet", ""]),
+                             dsl.axis("optim.learning_rate", [1e-3, 1.0001e-3]))
+  names = dsl.run_names(runs)
   assert len(set(names)) == len(runs) == 16
   assert names[0] == "data.frame_size=16,mix.enabled=false,video.name=tsm_resnet,optim.learning_rate=0.001"
   assert "video.name=none" in names[2]
   assert all("/" not in n and " " not in n for n in names)
   # Two keys with the same tail keep their full path.
-  clash = sweep_utils.run_names([{"model.a.x.width": 1, "model.b.x.width": 2}])
+  clash = dsl.run_names([{"model.a.x.width": 1, "model.b.x.width": 2}])
   assert clash == ["model.a.x.width=1,model.b.x.width=2"]
   # Values that print alike stay apart; identical runs are an error.
-  assert len(set(sweep_utils.run_names([{"k": "a b"}, {"k": "a_b"}]))) == 2
+  assert len(set(dsl.run_names([{"k": "a b"}, {"k": "a_b"}]))) == 2
   with pytest.raises(ValueError, match="same overrides"):
-    sweep_utils.run_names([{"k": 1}, {"k": 1}])
+    dsl.run_names([{"k": 1}, {"k": 1}])
 
 
 SWEEPS = ["tiny", "av_vs_audio", "resolution", "mixing_batch"]
@@ -445,7 +447,7 @@ def test_shipped_sweeps_override_real_fields(name):
   module = importlib.import_module(f"configs.sweeps.{name}")
   config = module.get_config()
   runs = sweep.load_sweep(os.path.join("configs", "sweeps", f"{name}.py"))
-  assert len(set(sweep_utils.run_names(runs))) == len(runs)
+  assert len(set(dsl.run_names(runs))) == len(runs)
   for run in runs:
     for key, value in run.items():
       node = config
@@ -514,9 +516,9 @@ def _results(workdir, scores, step=4):
 
 
 def test_summary_means_and_spreads_over_seeds(tmp_path):
-  runs = sweep_utils.product(sweep_utils.axis("train.global_batch_size", [32, 64]),
-                             sweep_utils.axis("seed", [0, 1, 2]))
-  names = sweep_utils.run_names(runs)
+  runs = dsl.product(dsl.axis("train.global_batch_size", [32, 64]),
+                             dsl.axis("seed", [0, 1, 2]))
+  names = dsl.run_names(runs)
   rng = np.random.default_rng(0)
   scores = rng.uniform(size=(6, 2))
   for name, s in zip(names[:5], scores):  # The last run has no results yet.
@@ -538,9 +540,9 @@ def test_summary_reference_rows_and_plots(tmp_path):
   from PIL import Image
 
   from launch import study_plots
-  runs = sweep_utils.product(sweep_utils.axis("augment.mix.enabled", [False, True]),
-                             sweep_utils.axis("train.global_batch_size", [32, 128]), sweep_utils.axis("seed", [0, 1]))
-  names = sweep_utils.run_names(runs)
+  runs = dsl.product(dsl.axis("augment.mix.enabled", [False, True]),
+                             dsl.axis("train.global_batch_size", [32, 128]), dsl.axis("seed", [0, 1]))
+  names = dsl.run_names(runs)
   for i, name in enumerate(names):
     _results(tmp_path / name, {"keyword": 0.2 + 0.01 * i, "speaker": 0.5})
   summary = sweep.summarise(runs, names, str(tmp_path))
@@ -564,9 +566,9 @@ def test_study_sweeps_declare_valid_plots(name):
 
 
 def test_summary_reads_throughput_from_tensorboard(tmp_path):
-  import tensorflow as tf
+  tf = tf_cpu.import_tf()
   runs = [{"seed": 0}, {"seed": 1}]
-  names = sweep_utils.run_names(runs)
+  names = dsl.run_names(runs)
   for name, speeds in zip(names, [[10.0, 20.0], [30.0]]):
     _results(tmp_path / name, {"keyword": 0.5})
     writer = tf.summary.create_file_writer(str(tmp_path / name))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from avcl.evaluate import report, runner
-from data_pipeline import paths, schema
+from data_pipeline import paths, schema, tf_cpu
 
-tf = schema.import_tf()
+tf = tf_cpu.import_tf()
 
 
 @pytest.mark.parametrize("path,remote", [

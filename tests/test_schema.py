@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from data_pipeline import schema
+from data_pipeline import schema, tf_cpu
 
 
 def make_clip(i=0, n=4800, frames=3):
@@ -48,7 +48,7 @@ def test_serialize_and_parse_never_import_tensorflow_or_jax():
 
 
 def test_tensorflow_reads_our_bytes_and_parse_tf_matches():
-  tf = schema.import_tf()
+  tf = tf_cpu.import_tf()
   from tensorflow.core.example import example_pb2
   clip = make_clip(1)
   s = schema.serialize(clip)
@@ -70,7 +70,7 @@ def test_tensorflow_reads_our_bytes_and_parse_tf_matches():
 
 def test_chunked_dmvr_waveform_and_missing_version_read():
   """A DMVR-style record written by TF (waveform in several features, no version) parses the same."""
-  tf = schema.import_tf()
+  tf = tf_cpu.import_tf()
   audio = np.arange(10, dtype=np.float32) / 10
   ex = tf.train.SequenceExample()
   ex.context.feature["video_id"].bytes_list.value.append(b"ext")
@@ -85,7 +85,7 @@ def test_chunked_dmvr_waveform_and_missing_version_read():
 
 
 def test_newer_format_version_is_rejected():
-  tf = schema.import_tf()
+  tf = tf_cpu.import_tf()
   ex = schema.SequenceExample.FromString(schema.serialize(make_clip()))
   ex.context.feature["avcl/format_version"].int64_list.value[0] = schema.FORMAT_VERSION + 1
   s = ex.SerializeToString()
@@ -107,7 +107,7 @@ def test_bad_clip_is_an_error():
 
 
 def test_write_and_list_shards(tmp_path):
-  tf = schema.import_tf()
+  tf = tf_cpu.import_tf()
   clips = [make_clip(i) for i in range(7)]
   d = str(tmp_path)
   assert schema.write_shards(iter(clips), d, "train", 3) == 7

@@ -2,8 +2,8 @@
 
 Modules: `metrics` (accuracy, mAP, d-prime), `probes` (linear and MLP probes), `embed` (clip and timestamp
 embeddings), `tasks` (embedded world, TFDS, AudioSet readers), `finetune`, `report` (results.json/md/png),
-`runner` (`evaluate`), `cli` (`python -m avcl.evaluate`).
-"""
-from avcl.evaluate.runner import evaluate, evaluate_model
+`config` (the `eval` section's defaults and validation; no JAX, so config files may import it), `runner`
+(`evaluate`, `evaluate_model`), `curve` (learning curves), `cli` (`python -m avcl.evaluate`).
 
-__all__ = ["evaluate", "evaluate_model"]
+Empty on purpose: importing `avcl.evaluate.config` must not load the runner (and JAX) with it.
+"""

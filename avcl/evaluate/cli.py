@@ -9,6 +9,8 @@ import argparse
 import logging
 import sys
 
+from avcl.evaluate import config as eval_config
+from avcl.evaluate import curve, runner
 from avcl.evaluate import tasks as tasks_lib
 
 
@@ -44,13 +46,12 @@ def main(argv=None) -> int:
     raise SystemExit("error: --curve scores every kept checkpoint without fine-tuning: drop --step/--finetune")
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
   logging.getLogger("avcl").setLevel(logging.INFO)  # Our progress lines, without orbax's INFO chatter.
-  from avcl.evaluate import curve, runner  # pylint: disable=g-import-not-at-top  (--help without JAX)
   config = None
   overrides = {"data.root": args.data_root, "eval.tfds_data_dir": args.tfds_data_dir,
                "eval.audioset_dir": args.audioset_dir,
                "eval.max_examples_per_split": args.max_examples_per_split}
   if any(v is not None for v in overrides.values()):
-    config = runner.with_eval_defaults(runner.load_run_config(args.workdir))
+    config = eval_config.with_eval_defaults(runner.load_run_config(args.workdir))
     for key, value in overrides.items():
       if value is not None:
         section, field = key.split(".")

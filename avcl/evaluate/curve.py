@@ -14,7 +14,7 @@ Scores are in [0, 1]. Each is the validation score of the probe (trained on the 
 hyperparameters were picked on that same validation split: optimistic by that choice, equally for every
 column, and never touching the test split, so a curve can guide choices that the test split then judges.
 Embeddings, probes and the random-init baseline (the run's step-0 model with BatchNorm statistics
-estimated on each task's training clips) are those of `avcl.evaluate.evaluate`: the score of a step equals
+estimated on each task's training clips) are those of `avcl.evaluate.runner.evaluate`: the score of a step equals
 the `val_score` that evaluate writes to details.json for that checkpoint.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ import matplotlib
 import numpy as np
 
 from avcl import checkpoints
+from avcl.evaluate import config as eval_config
 from avcl.evaluate import embed as embed_lib
 from avcl.evaluate import probes, report, runner
 from data_pipeline import paths
@@ -75,9 +76,9 @@ def learning_curve(workdir: str, config=None, tasks: Sequence[str] | None = None
     config = run_config
   else:
     runner.check_same_architecture(config, run_config, where=f"{workdir}/config.json")
-  config = runner.with_eval_defaults(config)
+  config = eval_config.with_eval_defaults(config)
   e = config.eval
-  runner.validate_eval_config(e)
+  eval_config.validate_eval_config(e)
   probe = probe or e.probe
   if probe not in probes.PROBES:
     raise ValueError(f"probe must be one of {sorted(probes.PROBES)}, got {probe!r}")

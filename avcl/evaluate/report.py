@@ -73,9 +73,10 @@ def markdown_table(results: dict, *, title: str | None = None) -> str:
 
 def plot(results: dict, path: str, *, title: str = "") -> None:
   """Grouped bars: per task, the score of each model (pretrained and baselines)."""
-  import matplotlib
+  # Deferred on purpose: pyplot must load after the backend is chosen, and only when a figure is drawn.
+  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   cols = columns(results)
   names = list(results["tasks"])

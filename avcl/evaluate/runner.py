@@ -26,14 +26,18 @@ from collections.abc import Sequence
 
 import jax
 import ml_collections
-import numpy as np
 from flax import nnx
+from jax._src import distributed  # The coordination client: the one barrier with a long timeout.
+from jax.experimental import multihost_utils
 
 from avcl import checkpoints
 from avcl import train as train_lib
+from avcl.evaluate import config as eval_config
 from avcl.evaluate import embed as embed_lib
+from avcl.evaluate import finetune as finetune_lib
 from avcl.evaluate import probes, report
 from avcl.evaluate import tasks as tasks_lib
+from avcl.models import from_config
 from data_pipeline import paths
 
 EMBEDDINGS = ("pretrained", "random_init", "logmel")
@@ -41,50 +45,6 @@ log = logging.getLogger(__name__)
 # Training features (examples x dims) above which the linear probe trains by minibatch Adam instead of
 # full-batch L-BFGS (e.g. AudioSet's 2M clips); ~400 MB of float32.
 FULL_BATCH_LIMIT = 100_000_000
-# BatchNorm calibration runs its windows through the encoder as one batch: this bounds its memory.
-MAX_BN_CALIBRATION_WINDOWS = 4096
-
-
-def validate_eval_config(e) -> None:
-  """Raises ValueError naming the config.eval field and its allowed range."""
-  def bad(field, value, allowed):
-    raise ValueError(f"config.eval.{field} must be {allowed}, got {value!r}")
-  if not e.tasks:
-    bad("tasks", e.tasks, "a non-empty tuple of task names")
-  if e.probe not in probes.PROBES:
-    bad("probe", e.probe, f"one of {sorted(probes.PROBES)}")
-  from avcl.models.model import ENCODE_LAYERS
-  if e.features not in ENCODE_LAYERS:
-    bad("features", e.features, f"one of {ENCODE_LAYERS}")
-  for b in e.baselines:
-    if b not in ("random_init", "logmel"):
-      bad("baselines", e.baselines, "a tuple drawn from ('random_init', 'logmel')")
-  for field in ("window_seconds", "hop_seconds", "timestamp_window_seconds", "timestamp_hop_seconds",
-                "finetune_learning_rate"):
-    if not float(e[field]) > 0:
-      bad(field, e[field], "> 0")
-  for field, lo in (("batch_size", 1), ("mlp_hidden", 1), ("finetune_steps", 1),
-                    ("max_examples_per_split", 0), ("audioset_sample_rate", 0)):
-    if not isinstance(e[field], (int, np.integer)) or isinstance(e[field], bool) or e[field] < lo:
-      bad(field, e[field], f"an integer >= {lo}")
-  n = e.bn_calibration_windows
-  if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 0 <= n <= MAX_BN_CALIBRATION_WINDOWS:
-    bad("bn_calibration_windows", n, f"an integer in [0, {MAX_BN_CALIBRATION_WINDOWS}] (0: keep the initial "
-        "statistics)")
-
-
-def with_eval_defaults(config):
-  """A copy of `config` whose `eval` section has every field of configs/default.py (older runs lack some)."""
-  from configs import default
-  config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
-  defaults = default.get_config().eval
-  with config.unlocked():
-    if "eval" not in config:
-      config.eval = defaults
-    for k, v in defaults.items():
-      if k not in config.eval:
-        config.eval[k] = v
-  return config
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -137,7 +97,7 @@ def initial_model(run_config, workdir: str | None = None):
   or an older run) rebuilt by training's own initialisation from `run_config.seed`, which gives the same
   bits on the backend the run trained on (on another backend, float32 rounding may differ).
   """
-  graphdef, abstract = train_lib.abstract_model(run_config)
+  graphdef, abstract = from_config.abstract_model(run_config)
   state = checkpoints.read_initial_model(workdir, abstract) if workdir is not None else None
   if state is None:
     if workdir is not None:
@@ -195,9 +155,9 @@ def evaluate_model(model, config, *, step: int, out_dir: str | None, tasks: Sequ
   initial: the model training started from, for the random-init baseline (`initial_model`); None rebuilds
   it from `config` by training's initialisation. Returns the results.json dict.
   """
-  config = with_eval_defaults(config)
+  config = eval_config.with_eval_defaults(config)
   e = config.eval
-  validate_eval_config(e)
+  eval_config.validate_eval_config(e)
   probe = probe or e.probe
   finetune = e.finetune if finetune is None else finetune
   if probe not in probes.PROBES:
@@ -235,7 +195,6 @@ def evaluate_model(model, config, *, step: int, out_dir: str | None, tasks: Sequ
       scores[name] = float(r.score)
       task_details["probes"][name] = dataclasses.asdict(r)
     if finetune:
-      from avcl.evaluate import finetune as finetune_lib
       r = finetune_lib.finetune_task(model, config, task, progress=progress)
       scores["finetuned"] = float(r.score)
       task_details["probes"]["finetuned"] = dataclasses.asdict(r)
@@ -271,7 +230,7 @@ def evaluate(workdir: str, config=None, tasks: Sequence[str] | None = None, *, s
       log.info("evaluate: process %d leaves evaluation to process 0", jax.process_index())
       return {}
     initial = None
-    if "random_init" in with_eval_defaults(config).eval.baselines:
+    if "random_init" in eval_config.with_eval_defaults(config).eval.baselines:
       initial = initial_model(checkpoint_config, workdir)  # The run's own seed, whatever `config` says.
     return evaluate_model(model, config, step=int(restored_step), out_dir=paths.join(workdir, "eval"),
                           tasks=tasks, probe=probe, finetune=finetune, progress=progress, initial=initial)
@@ -292,10 +251,8 @@ def _wait_for_process_zero(timeout_hours: float = 24.0) -> None:
   if jax.process_count() == 1:
     return
   _BARRIERS[0] += 1
-  from jax._src import distributed  # The coordination client: the one barrier with a long timeout.
   client = distributed.global_state.client
   if client is None:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"avcl_evaluate_done_{_BARRIERS[0]}")
     return
   client.wait_at_barrier(f"avcl_evaluate_done_{_BARRIERS[0]}", int(timeout_hours * 3600 * 1000))

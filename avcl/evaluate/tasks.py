@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from scipy import signal
 
-from data_pipeline import paths, schema
+from data_pipeline import paths, schema, tf_cpu
 
 EMBEDDED_TASKS = ("keyword", "speaker", "language", "instrument", "sound_events")
 SPLITS = ("train", "validation", "test")
@@ -157,8 +157,8 @@ TFDS_TASKS = {
 
 
 def _tfds():
-  schema.import_tf()  # Hides GPUs from TensorFlow before TFDS touches it.
-  import tensorflow_datasets as tfds
+  tf_cpu.import_tf()  # Hides GPUs from TensorFlow before TFDS touches it.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (deferred: TFDS loads TensorFlow; only real-dataset tasks need it)
   return tfds
 
 

@@ -13,7 +13,7 @@ Expected (the paper's claim 1): the audio-visual encoder scores higher downstrea
 whether it holds here is reported, with every run, in docs/study.md.
 """
 from configs.sweeps import common
-from launch.sweep_utils import axis, product, zip
+from configs.sweeps.dsl import axis, product, zip
 
 SEEDS = (0, 1, 2)
 

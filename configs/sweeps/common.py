@@ -6,7 +6,7 @@ the randomly initialised encoder (that row costs as much as the pretrained one a
 study varies; README's main run reports it).
 """
 from configs import default
-from launch.sweep_utils import axis, zip
+from configs.sweeps.dsl import axis, zip
 
 # Clips seen by a run of the studies: 300 steps at the default batch of 64 (12 passes over the 1600
 # pretraining clips), half the default run's 600 steps, so that the three studies fit one session on a

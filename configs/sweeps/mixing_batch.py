@@ -15,7 +15,7 @@ evaluation. Run a subset with `--only` (indices from `--dry-run`).
 Expected (the paper's claim 3): mixing helps, and helps more as the batch grows; results in docs/study.md.
 """
 from configs.sweeps import common
-from launch.sweep_utils import axis, product
+from configs.sweeps.dsl import axis, product
 
 SEEDS = (0, 1, 2)
 BATCHES = (32, 128, 512, 1024)

@@ -14,7 +14,7 @@ Expected (the paper's claim 2): scores change little from 112 px down to 16-32 p
 results, with every run, in docs/study.md.
 """
 from configs.sweeps import common
-from launch.sweep_utils import axis, product
+from configs.sweeps.dsl import axis, product
 
 SEEDS = (0, 1, 2)
 FRAME_SIZES = (16, 32, 64, 112)

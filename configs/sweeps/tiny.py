@@ -6,7 +6,7 @@ Sized for: seconds per run on one CPU core (a handful of steps, one downstream t
 machinery runs end to end, not any claim. Expected: two workdirs, each with eval/results.json.
 """
 from configs import default
-from launch.sweep_utils import axis
+from configs.sweeps.dsl import axis
 
 
 def get_config():

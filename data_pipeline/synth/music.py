@@ -52,7 +52,7 @@ _FLUSH_SAMPLES = 2048  # Rendered and dropped after a reset, while ended voices 
 
 
 def soundfont_path() -> str:
-  import pretty_midi  # Only for the path of the soundfont it ships.
+  import pretty_midi  # pylint: disable=g-import-not-at-top  (deferred: heavy, and only the path of its soundfont is needed)
   path = os.path.join(os.path.dirname(pretty_midi.__file__), "TimGM6mb.sf2")
   if not os.path.exists(path):
     raise FileNotFoundError(f"TimGM6mb.sf2 not found at {path}: is pretty_midi installed?")
@@ -63,7 +63,7 @@ class _Renderer:
   """The process's tinysoundfont synthesiser with TimGM6mb loaded."""
 
   def __init__(self, sample_rate: int):
-    import tinysoundfont
+    import tinysoundfont  # pylint: disable=g-import-not-at-top  (optional: see data_pipeline.optional)
     self.sample_rate = sample_rate
     self.synth = tinysoundfont.Synth(samplerate=sample_rate)
     self.sfid = self.synth.sfload(soundfont_path())

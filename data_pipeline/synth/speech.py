@@ -177,7 +177,7 @@ class _Engine:
   One request at a time: not for concurrent use from several threads."""
 
   def __init__(self):
-    import espeakng_loader  # Imported here: only speech needs it.
+    import espeakng_loader  # Deferred: a native library and voices that only the speech renderer loads.
     self.data_path = espeakng_loader.get_data_path()
     self.library_path = espeakng_loader.get_library_path()
     self.variants = frozenset(os.listdir(os.path.join(self.data_path, "voices", "!v")))

@@ -2,7 +2,7 @@
 
 A sweep is a list of override dicts, one per run (`{"data.frame_size": 16, "seed": 0}`), built from axes:
 
-    from launch.sweep_utils import axis, product, zip
+    from configs.sweeps.dsl import axis, product, zip
     def get_sweep():
       return product(axis("data.frame_size", [16, 32, 64]),
                      zip(axis("train.global_batch_size", [32, 64]), axis("optim.learning_rate", [1e-3, 2e-3])),
