@@ -5,13 +5,15 @@ Run (generates the embedded world into $AVCL_DATA or ~/.cache/avcl/embedded on f
     python -m avcl.main --config configs/default.py --workdir workdirs/default --mode train_and_eval
 
 Sized for: a 2-core, 24 GiB CPU machine (also runs unchanged on 8 simulated CPU devices or one GPU).
-Measured (train branch, 2026-11-25, `--mode train` on a world of 1600 pretraining clips, 1 CPU device on
-the 2-core machine at load average ~2 from other jobs): 6 min 31 s wall in all (start-up, compile and
-checkpoints included; ~0.58 s per step), 660 CPU-seconds. The logged loss went from 4.29 (step 20) to 3.30
-(step 600) against a chance level of log(64) = 4.16; contrastive top-1 (audio-to-video and video-to-audio
-averaged) 11.6% (chance 1.6%).
+Measured (commit 1d3ec63, 2026-12-02, `--mode train_and_eval`, 1 CPU device on a 2-core machine at load
+average ~5 from a test suite running beside it): pretraining 9 min 34 s wall (0.8-1.1 s per step under that
+load; 593 CPU-seconds to the last of 12 checkpoints), evaluation ~3.5 min. The logged loss went from 4.29
+(step 20) to 3.33 (step 600) against a chance level of log(64) = 4.16; contrastive top-1 (audio-to-video and
+video-to-audio averaged) 10.4% (chance 1.6%). Test-split mean over the five tasks: pretrained 48.2, the fair
+random encoder (this run's step-0 weights) 33.8, pooled log-mel 38.5 (table in README.md). An earlier
+measurement on a quiet machine (2026-11-25, 3 checkpoints): ~0.58 s per step, 660 CPU-seconds.
 Expected: the contrastive loss falls well below log(global_batch); the eval table shows the pretrained
-encoder ahead of random initialisation (numbers in README.md, measured on main).
+encoder ahead of the fair random encoder.
 """
 import os
 
