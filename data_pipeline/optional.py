@@ -28,7 +28,10 @@ class Package:
 
 PACKAGES = {
     "tinysoundfont": Package("tinysoundfont", "tinysoundfont", "pip install tinysoundfont --no-deps"),
-    "apache_beam": Package("apache_beam", "apache-beam", "pip install -e '.[beam]'"),
+    # Not `pip install -e '.[beam]'` into the main venv: apache-beam's protobuf pin would downgrade the one
+    # TensorFlow 2.21 needs there. setup_beam.sh makes its own venv, which runs the ingest from the repo root.
+    "apache_beam": Package("apache_beam", "apache-beam",
+                           "bash scripts/setup_beam.sh, then run it with .venv-beam/bin/python"),
     "pyarrow": Package("pyarrow", "pyarrow", "pip install pyarrow"),
 }
 

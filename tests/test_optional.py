@@ -56,7 +56,7 @@ def test_beam_ingest_without_apache_beam(tmp_path):
   assert out.returncode == 1, out.stderr[-2000:]
   assert out.stderr.splitlines() == [
       "error: python -m data_pipeline.beam_ingest needs the package apache-beam, which is not installed: "
-      "pip install -e '.[beam]'"]
+      "bash scripts/setup_beam.sh, then run it with .venv-beam/bin/python"]
   assert not (tmp_path / "out").exists()
 
 
