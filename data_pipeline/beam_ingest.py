@@ -1,11 +1,11 @@
 r"""The ingest of `data_pipeline.ingest` as an Apache Beam pipeline, for more videos than one machine converts.
 
-    pip install -e '.[beam]'
-    # Locally (DirectRunner, several processes):
-    python -m data_pipeline.beam_ingest --input videos.csv --output /data/audioset \
+    bash scripts/setup_beam.sh  # its own venv, .venv-beam: apache-beam pins an older protobuf than TF 2.21
+    # Locally (DirectRunner, several processes), from the repository root:
+    .venv-beam/bin/python -m data_pipeline.beam_ingest --input videos.csv --output /data/audioset \
         --direct_num_workers 8 --direct_running_mode multi_processing
     # On Dataflow (any Beam runner flag passes through; workers install avcl from setup.py):
-    python -m data_pipeline.beam_ingest --input audioset_train.csv --output gs://BUCKET/audioset/train \
+    .venv-beam/bin/python -m data_pipeline.beam_ingest --input audioset_train.csv --output gs://BUCKET/audioset/train \
         --runner DataflowRunner --project P --region us-central1 --temp_location gs://BUCKET/tmp \
         --setup_file ./setup.py --max_num_workers 500
 
