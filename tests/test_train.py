@@ -224,8 +224,9 @@ def test_stats_features_need_cnn14_before_training():
 def test_default_configs_are_valid():
   config_validation.validate_config(default_config.get_config(), num_devices=8)
   config_validation.validate_config(test_tiny.get_config(), num_devices=8)
-  from configs import paper_audioset  # pylint: disable=g-import-not-at-top
+  from configs import cpu_hour, paper_audioset  # pylint: disable=g-import-not-at-top
   config_validation.validate_config(paper_audioset.get_config(), num_devices=256)
+  config_validation.validate_config(cpu_hour.get_config(), num_devices=8)
 
 
 def test_invalid_config_fails_before_anything_is_built(tmp_path, monkeypatch):
