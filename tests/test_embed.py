@@ -13,7 +13,7 @@ import soundfile as sf
 import soxr
 
 from avcl import embed, hear
-from data_pipeline import paths
+from data_pipeline import audio_files, paths
 from data_pipeline.synthetic_video import make_video
 from tests.encoder_fixtures import tiny_workdir  # noqa: F401  (a fixture)
 
@@ -84,15 +84,15 @@ def test_decoding_formats_rates_and_channels(files):
   """Each format decodes to the tone it holds, at 16 kHz, with the right length; the PCM file exactly as an
   independent one-shot read, downmix and resampling."""
   for name, (freq, secs, _, _) in GOOD.items():
-    x = embed.load_audio(str(files / name), SR)
+    x = audio_files.load_audio(str(files / name), SR)
     assert abs(x.size / SR - secs) < 0.08, (name, x.size / SR)  # Lossy codecs add up to ~50 ms of priming.
     assert abs(peak_hz(x, SR) - freq) < 3.0, (name, peak_hz(x, SR))
     assert 0.02 < np.sqrt(np.mean(x ** 2)) < 0.3, name
   ref, rate = sf.read(str(files / "a_stereo44k.wav"), dtype="float32")
   ref = soxr.resample(ref.mean(axis=1, dtype=np.float32), rate, SR, quality="HQ")
-  np.testing.assert_allclose(embed.load_audio(str(files / "a_stereo44k.wav"), SR), ref, atol=1e-6)
+  np.testing.assert_allclose(audio_files.load_audio(str(files / "a_stereo44k.wav"), SR), ref, atol=1e-6)
   # A 16 kHz file is not resampled: its samples are the file's.
-  np.testing.assert_array_equal(embed.load_audio(str(files / "b_mono16k.flac"), SR),
+  np.testing.assert_array_equal(audio_files.load_audio(str(files / "b_mono16k.flac"), SR),
                                 sf.read(str(files / "b_mono16k.flac"), dtype="float32")[0])
 
 
@@ -120,7 +120,7 @@ def test_same_numbers_as_hear_and_skips_with_reasons(model, files, tmp_path, cap
   for name, (_, _, rate, ch) in GOOD.items():
     r = by_name[name]
     assert r["status"] == "ok" and r["input_sample_rate"] == rate and r["input_channels"] == ch, r
-    audio = embed.load_audio(r["path"], SR)
+    audio = audio_files.load_audio(r["path"], SR)
     assert r["windows"] == embed.scene_window_count(audio.size, SR, SR // 2)
     ref = hear.get_scene_embeddings(audio[None], module).numpy()[0]
     np.testing.assert_allclose(scene[r["scene_row"]], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
@@ -165,7 +165,7 @@ def test_ten_minute_file_streams_in_bounded_memory(model, tmp_path):
   # (measured: 13.6 MiB for the minute, 13.9 MiB for the ten minutes).
   assert peak < 1.1 * peak_short + 2**20, (peak / 2**20, peak_short / 2**20)
   assert peak < whole_input / 12, f"peak numpy/Python memory {peak / 2**20:.1f} MiB"
-  audio = embed.load_audio(path, SR)
+  audio = audio_files.load_audio(path, SR)
   ref = hear.get_scene_embeddings(audio[None], module).numpy()[0]
   scene = np.load(str(tmp_path / "out" / "scene.npy"))[0]
   np.testing.assert_allclose(scene, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
@@ -189,13 +189,13 @@ def test_url_input_and_output_parquet(model, files):
   paths.makedirs("ram://avcl-embed-test/in")
   paths.write_bytes(src, (files / "a_stereo44k.wav").read_bytes())
   out = "ram://avcl-embed-test/out"
-  info = embed.embed_files(module, embed.list_inputs(["ram://avcl-embed-test/in"]), out, progress=False,
+  info = embed.embed_files(module, audio_files.list_inputs(["ram://avcl-embed-test/in"]), out, progress=False,
                            index_format="parquet")
   assert info["embedded"] == 1 and info["index"] == "index.parquet"
   rows = embed.read_index(out)
   assert rows[0]["path"] == src and rows[0]["status"] == "ok" and rows[0]["input_sample_rate"] == 44100
   scene = np.load(io.BytesIO(paths.read_bytes(paths.join(out, "scene.npy"))))
-  ref = hear.get_scene_embeddings(embed.load_audio(str(files / "a_stereo44k.wav"), SR)[None], module).numpy()
+  ref = hear.get_scene_embeddings(audio_files.load_audio(str(files / "a_stereo44k.wav"), SR)[None], module).numpy()
   np.testing.assert_allclose(scene, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 

@@ -184,6 +184,10 @@ def evaluate_model(model, config, *, step: int, out_dir: str | None, tasks: Sequ
           progress=progress)
     scores, task_details = {}, {"source": task.source, "n_val": int(labels["validation"].shape[0]),
                                 "probes": {}}
+    if any(task.skipped.values()):  # Folder tasks: unreadable files, left out and named.
+      task_details["skipped"] = {s: dict(v) for s, v in task.skipped.items() if v}
+      log.warning("eval %s: skipped %s unreadable file(s) (listed in details.json)", task.name,
+                  ", ".join(f"{len(v)} {s}" for s, v in task.skipped.items() if v))
     for name in embedders:
       kwargs = dict(probe_kwargs)
       if probe == "linear" and feats["train"][name].size > FULL_BATCH_LIMIT:

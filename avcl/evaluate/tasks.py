@@ -1,10 +1,13 @@
 """Downstream tasks: where labelled audio comes from, split by split, at the model's sample rate.
 
-Three sources, all read-only (nothing is ever downloaded here):
+Four sources, all read-only (nothing is ever downloaded here):
   * the embedded world's held-out tasks, `ROOT/tasks/<task>/{train,validation,test}-*.tfrecord` with
     `task.json` (layout in docs/design.md);
   * TFDS datasets already prepared on disk: `speech_commands` (keywords), `nsynth` (instrument family),
     `voxforge` (language), `voxceleb` (speaker, VoxCeleb1), `crema_d` (emotion);
+  * your own labelled recordings in a folder, one subfolder per class (`folder:PATH`; `folder_task`), in
+    any format `data_pipeline.audio_files` decodes: the check of an encoder on real speech, instruments or
+    drums, whatever the synthetic world holds;
   * AudioSet as TFRecords of SequenceExamples in the DMVR convention (the same keys as avcl's own records;
     `clip/label/index` holds the 527-class indices): files `balanced_train*`, `unbalanced_train*` and
     `eval*` in one directory. Task `audioset` trains on the balanced set, `audioset_unbalanced` on the
@@ -19,6 +22,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -26,10 +30,13 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from scipy import signal
 
-from data_pipeline import paths, schema, tf_cpu
+from data_pipeline import audio_files, paths, schema, tf_cpu
 
 EMBEDDED_TASKS = ("keyword", "speaker", "language", "instrument", "sound_events")
 SPLITS = ("train", "validation", "test")
+FOLDER_PREFIX = "folder:"  # Task names `folder:PATH`: a folder of labelled recordings (folder_task).
+# How a folder without train/validation/test subfolders is split, per class, by groups (folder_task).
+FOLDER_SPLIT_FRACTIONS = {"train": 0.6, "validation": 0.2, "test": 0.2}
 AUDIOSET_CLASSES = 527
 AUDIOSET_SUBSETS = ("balanced_train", "unbalanced_train", "eval")
 
@@ -57,6 +64,9 @@ class Task:
   read: Callable[[str], Iterator[Example]]
   max_examples: int = 0  # Per split; 0 reads everything.
   counts: dict[str, int] = dataclasses.field(default_factory=dict)  # Examples per split, where known.
+  # Inputs left out because they could not be read, per split: {split: {path: "reason: detail"}} (filled
+  # while `examples` runs; folder tasks only, whose users want a bad file skipped and counted).
+  skipped: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
   @property
   def metric(self) -> str:
@@ -130,6 +140,110 @@ def embedded_task(root: str, name: str, *, sample_rate: int, max_examples: int =
               class_names=list(meta.get("class_names", [])), sample_rate=sample_rate,
               source=task_dir, read=read, max_examples=max_examples,
               counts={k: int(v) for k, v in meta.get("counts", {}).items()})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A folder of your own labelled recordings.
+
+def _audio_files_under(directory: str) -> list[str]:
+  return [p for p in paths.walk_files(directory) if p.lower().endswith(audio_files.AUDIO_EXTENSIONS)]
+
+
+def _class_dirs(directory: str) -> list[str]:
+  return sorted(d for d in paths.listdir(directory)
+                if not d.startswith(".") and paths.isdir(paths.join(directory, d)))
+
+
+def _split_groups(root: str, class_name: str, files: list[str]) -> dict[str, list[str]]:
+  """One class's files -> {split: files}, whole groups at a time, the same on every machine.
+
+  A group is the first subfolder below the class folder (e.g. a speaker, a recording session, one
+  instrument), or the file itself when it lies directly in the class folder: recordings of one group never
+  straddle two splits, so a probe cannot score by recognising the session. Groups are ordered by a hash of
+  their name and cut at FOLDER_SPLIT_FRACTIONS, each split getting at least one group.
+  """
+  class_dir = paths.join(root, class_name)
+  groups: dict[str, list[str]] = {}
+  for f in files:
+    rel = f[len(class_dir):].lstrip("/")
+    groups.setdefault(rel.split("/")[0], []).append(f)
+  if len(groups) < len(SPLITS):
+    raise ValueError(
+        f"folder task {root}: class {class_name!r} has {len(groups)} group(s) (files directly in its folder, "
+        f"or subfolders), but a split into {', '.join(SPLITS)} needs at least {len(SPLITS)}; add recordings, "
+        f"or give the splits yourself as {root}/{{train,validation,test}}/<class>/...")
+  order = sorted(groups, key=lambda g: hashlib.sha256(f"{class_name}/{g}".encode()).hexdigest())
+  n = len(order)
+  n_val = max(1, round(FOLDER_SPLIT_FRACTIONS["validation"] * n))
+  n_test = max(1, round(FOLDER_SPLIT_FRACTIONS["test"] * n))
+  cuts = {"train": order[:n - n_val - n_test], "validation": order[n - n_val - n_test:n - n_test],
+          "test": order[n - n_test:]}
+  return {split: sorted(f for g in names for f in groups[g]) for split, names in cuts.items()}
+
+
+def folder_task(root: str, *, sample_rate: int, max_examples: int = 0) -> Task:
+  """Single-label recordings in `root`, one subfolder per class (the class name is the folder's name).
+
+  Layouts:
+    ROOT/<class>/[<group>/]...<file>             split here, per class, by group (`_split_groups`)
+    ROOT/{train,validation,test}/<class>/...<file>  your own splits (every class needs its train files)
+  Files: every AUDIO_EXTENSIONS file below a class folder (other files are ignored), any rate, channels and
+  length; each file is one example (evaluation embeds it window by window and pools). A file that cannot be
+  decoded (corrupt, empty, non-finite, no audio track) is skipped with a warning and counted in
+  `Task.skipped` (reported in details.json); an empty class or split is an error.
+  """
+  root = root.rstrip("/") or root
+  if not paths.isdir(root):
+    raise DatasetNotFoundError(f"folder task {FOLDER_PREFIX}{root}: {root!r} is not a directory")
+  top = _class_dirs(root)
+  explicit = set(SPLITS) <= set(top)
+  if explicit:
+    per_split_classes = {s: _class_dirs(paths.join(root, s)) for s in SPLITS}
+    class_names = per_split_classes["train"]
+    for split in ("validation", "test"):
+      unknown = sorted(set(per_split_classes[split]) - set(class_names))
+      if unknown:
+        raise ValueError(f"folder task {root}: {split}/ has classes with no train/ folder: {unknown}")
+    files = {s: {c: _audio_files_under(paths.join(root, s, c)) for c in per_split_classes[s]} for s in SPLITS}
+  else:
+    class_names = top
+    files = {s: {} for s in SPLITS}
+    for c in class_names:
+      found = _audio_files_under(paths.join(root, c))
+      if found:
+        for split, chosen in _split_groups(root, c, found).items():
+          files[split][c] = chosen
+  if len(class_names) < 2:
+    raise ValueError(f"folder task {root}: {len(class_names)} class folder(s) ({class_names}); a probe needs "
+                     f"at least 2: ROOT/<class>/<audio files>")
+  for c in class_names:
+    if not files["train"].get(c):
+      raise ValueError(f"folder task {root}: class {c!r} has no audio files "
+                       f"({', '.join(audio_files.AUDIO_EXTENSIONS)}) for training")
+  for split in SPLITS:
+    if not any(files[split].values()):
+      raise ValueError(f"folder task {root}: no audio files in split {split!r}")
+  index = {c: i for i, c in enumerate(class_names)}
+  name = FOLDER_PREFIX + (os.path.basename(root) or root)
+  skipped: dict[str, dict[str, str]] = {s: {} for s in SPLITS}
+
+  def read(split):
+    skipped[split].clear()  # A split read again (e.g. a second probe pass) counts its skips once.
+    for c in class_names:
+      for path in files[split].get(c, []):
+        try:
+          audio = audio_files.load_audio(path, sample_rate)
+        except audio_files.Skip as e:
+          skipped[split][path] = f"{e.reason}: {e.detail}"
+          logging.getLogger(__name__).warning("%s: skipped %s (%s: %s)", name, path, e.reason, e.detail)
+          continue
+        yield Example(audio, (index[c],), path)
+
+  return Task(name=name, multi_label=False, num_classes=len(class_names), class_names=class_names,
+              sample_rate=sample_rate, source=f"folder:{root}" + (" (own splits)" if explicit else
+                                                                " (split by group hash)"),
+              read=read, max_examples=max_examples,
+              counts={s: sum(len(v) for v in files[s].values()) for s in SPLITS}, skipped=skipped)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -272,7 +386,10 @@ def audioset_task(directory: str, *, sample_rate: int, unbalanced: bool = False,
 
 def get_task(name: str, *, sample_rate: int, embedded_root: str = "", tfds_data_dir: str | None = None,
              audioset_dir: str = "", audioset_sample_rate: int = 0, max_examples: int = 0) -> Task:
-  """Resolves a task name: an embedded-world task, a TFDS dataset name, `audioset[_unbalanced]`."""
+  """Resolves a task name: an embedded-world task, a TFDS dataset name, `audioset[_unbalanced]`, or
+  `folder:PATH` (your own labelled recordings, `folder_task`)."""
+  if name.startswith(FOLDER_PREFIX):
+    return folder_task(name[len(FOLDER_PREFIX):], sample_rate=sample_rate, max_examples=max_examples)
   if name in ("audioset", "audioset_unbalanced"):
     return audioset_task(audioset_dir, sample_rate=sample_rate, unbalanced=name.endswith("unbalanced"),
                          default_sample_rate=audioset_sample_rate, max_examples=max_examples)
@@ -282,4 +399,5 @@ def get_task(name: str, *, sample_rate: int, embedded_root: str = "", tfds_data_
   if name in EMBEDDED_TASKS or (embedded_root and paths.isdir(paths.join(embedded_root, "tasks", name))):
     return embedded_task(embedded_root, name, sample_rate=sample_rate, max_examples=max_examples)
   raise ValueError(f"unknown task {name!r}: expected one of the embedded tasks {list(EMBEDDED_TASKS)}, "
-                   f"the TFDS datasets {sorted(TFDS_TASKS)}, or 'audioset' / 'audioset_unbalanced'")
+                   f"the TFDS datasets {sorted(TFDS_TASKS)}, 'audioset' / 'audioset_unbalanced', or "
+                   f"'{FOLDER_PREFIX}PATH' (a folder of your recordings, one subfolder per class)")
