@@ -2,7 +2,7 @@ r"""The embedded audio-visual world: a small but real pretraining set and five d
 offline from registry packages only (eSpeak NG voices, the TimGM6mb General MIDI soundfont), deterministic
 from one seed.
 
-    python -m data_pipeline.embedded --output DIR [--clips N] [--seed S] [--workers W]
+    python -m data_pipeline.world --output DIR [--clips N] [--seed S] [--workers W]
 
 Layout (design.md, "Embedded world layout"):
 
@@ -51,7 +51,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_pipeline import optional, schema, tf_cpu
-from data_pipeline.synth import events, music, scene, speech
+from data_pipeline.world.synth import events, music, scene, speech
 
 GENERATOR_VERSION = 1
 DEFAULT_CLIPS = 1600  # Pretraining clips of the default world; tasks scale with it (see `split_sizes`).
@@ -389,7 +389,7 @@ def generate(output: str, clips: int | None = None, seed: int = 0, workers: int 
   if workers < 1:
     raise ValueError(f"workers={workers}: must be >= 1")
   # Before any folder or worker: a plain `pip install -e .` lacks tinysoundfont (see data_pipeline.optional).
-  optional.require("tinysoundfont", "generating the embedded world (data_pipeline.embedded)")
+  optional.require("tinysoundfont", "generating the embedded world (data_pipeline.world)")
   plan = plan_world(seed, clips)
   # TensorFlow (for the TFRecord writer) takes seconds to import: do it while the workers render.
   tf_import = threading.Thread(target=tf_cpu.import_tf, daemon=True)
@@ -457,7 +457,7 @@ def generate(output: str, clips: int | None = None, seed: int = 0, workers: int 
     with open(os.path.join(output, "tasks", task, "task.json"), "w") as f:
       json.dump(task_json, f, indent=1, ensure_ascii=False)
   world = {
-      "generator": "data_pipeline.embedded",
+      "generator": "data_pipeline.world",
       "generator_version": GENERATOR_VERSION,
       "format_version": schema.FORMAT_VERSION,
       "seed": seed,
@@ -490,7 +490,7 @@ def generate(output: str, clips: int | None = None, seed: int = 0, workers: int 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m data_pipeline.embedded",
+      prog="python -m data_pipeline.world",
       description="Generate the embedded audio-visual world (pretraining clips and five downstream tasks) "
                   "offline, deterministically from --seed.")
   parser.add_argument("--output", required=True, help="directory to write the world into")
@@ -508,7 +508,7 @@ def main(argv=None) -> int:
     parser.error(f"--seed must be >= 0, got {args.seed}")
   if args.workers is not None and args.workers < 1:
     parser.error(f"--workers must be >= 1, got {args.workers}")
-  optional.exit_if_missing("tinysoundfont", "python -m data_pipeline.embedded")
+  optional.exit_if_missing("tinysoundfont", "python -m data_pipeline.world")
   start = time.time()
   world = generate(args.output, clips=args.clips, seed=args.seed, workers=args.workers,
                    progress=not args.no_progress)
