@@ -92,8 +92,8 @@ def initialize_distributed(mode: str, coordinator: str | None, num_processes: in
 
 def _world_interrupted(root: str) -> bool:
   """The generator's marker without its last write (world.json): a killed generation's partial shards."""
-  from data_pipeline import embedded  # pylint: disable=g-import-not-at-top  (main defers its imports)
-  return (os.path.exists(os.path.join(root, embedded.GENERATING_MARKER))
+  from data_pipeline.world import generator  # pylint: disable=g-import-not-at-top  (main defers its imports)
+  return (os.path.exists(os.path.join(root, generator.GENERATING_MARKER))
           and not os.path.exists(os.path.join(root, "world.json")))
 
 
@@ -115,7 +115,7 @@ def ensure_world(config) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
-  from data_pipeline import embedded  # pylint: disable=g-import-not-at-top  (main defers its imports)
+  from data_pipeline.world import generator  # pylint: disable=g-import-not-at-top  (main defers its imports)
 
   root = config.data.root
   if paths.is_remote(root):
@@ -132,14 +132,14 @@ def ensure_world(config) -> None:
       try:
         if not _world_present(root):
           if not config.data.generate_if_missing:
-            what = (f"an interrupted embedded-world generation (a {embedded.GENERATING_MARKER} marker, no "
+            what = (f"an interrupted embedded-world generation (a {generator.GENERATING_MARKER} marker, no "
                     "world.json: its shards may be partial)" if _world_interrupted(root)
                     else "no data (no world.json, no pretrain/)")
             raise FileNotFoundError(f"config.data.root={root!r} holds {what} and "
                                     "config.data.generate_if_missing is False")
           # Checked here too (main() checks before TensorFlow and JAX load) for callers of run().
           optional.require("tinysoundfont", f"generating the embedded world at config.data.root={root!r}")
-          cmd = [sys.executable, "-m", "data_pipeline.embedded", "--output", root]
+          cmd = [sys.executable, "-m", "data_pipeline.world", "--output", root]
           if config.data.world_clips:
             cmd += ["--clips", str(config.data.world_clips)]
           logging.info("Generating the embedded world: %s", " ".join(cmd))

@@ -2,7 +2,7 @@ r"""Generation time and size of the embedded world, and how hard its tasks are f
 
     python -m benchmarks.embedded_world --output /tmp/avcl_world [--clips N] [--workers W] [--reuse]
 
-Prints the machine's core count, the wall time and size on disk of `data_pipeline.embedded` (skipped with
+Prints the machine's core count, the wall time and size on disk of `data_pipeline.world` (skipped with
 --reuse when OUTPUT already holds a world), then for each task a logistic-regression probe on the mean and
 standard deviation over time of the log-mel spectrogram (librosa, the default config's 64 mels), trained on
 `train` and scored on `test` (accuracy, or macro mAP for `sound_events`) beside chance. A task where this probe
@@ -73,17 +73,17 @@ def main():
   parser.add_argument("--workers", type=int, default=None)
   parser.add_argument("--reuse", action="store_true", help="probe the world already in --output")
   args = parser.parse_args()
-  from data_pipeline import embedded
+  from data_pipeline.world import generator
   print(f"cores: {os.cpu_count()}")
   if not (args.reuse and os.path.exists(os.path.join(args.output, "world.json"))):
     start = time.time()
-    embedded.generate(args.output, clips=args.clips, workers=args.workers, progress=False)
+    generator.generate(args.output, clips=args.clips, workers=args.workers, progress=False)
     print(f"generate: {time.time() - start:.1f} s")
   with open(os.path.join(args.output, "world.json")) as f:
     world = json.load(f)
   print(f"world: {world['total_clips']} clips (--clips {world['clips']}), "
         f"{_dir_bytes(args.output) / 2**20:.1f} MiB on disk")
-  for task in embedded.TASKS:
+  for task in generator.TASKS:
     score, chance, n_train, n_test = probe(args.output, task)
     metric = "mAP" if task == "sound_events" else "accuracy"
     print(f"logmel probe {task:13s} {metric} {score:.3f} (chance {chance:.3f}; train {n_train}, test {n_test})")

@@ -21,7 +21,7 @@ import time
 
 def bench_ingest(num_videos: int, workdir: str, workers: int) -> tuple[float, str]:
   from data_pipeline import ingest
-  from data_pipeline.synthetic_video import make_video
+  from tests.video_files import make_video  # The made-up videos the ingest tests use (PyAV).
   src = os.path.join(workdir, "videos")
   os.makedirs(src, exist_ok=True)
   for i in range(num_videos):

@@ -1,6 +1,6 @@
 """The record format: one `tf.train.SequenceExample` per clip, keys in the DMVR convention.
 
-Every producer (`ingest`, `embedded`, the Beam pipeline) writes through `serialize`/`write_shards` and every
+Every producer (`ingest`, `world.generator`, the Beam pipeline) writes through `serialize`/`write_shards` and every
 consumer reads through `parse` (numpy) or `parse_tf` (tf.data), so the format lives in this file only.
 
 Context (per clip):

@@ -79,7 +79,7 @@ def test_beam_multi_process_runner_pickles_the_pipeline(video_dir, tmp_path):
 def test_beam_skips_a_bad_input_instead_of_failing_the_job(video_dir, tmp_path):
   """Non-finite audio (which used to raise in the Beam worker and fail the job after its retries) and a long
   video: the job succeeds, the bad input is a skip in manifest.json, the long video is cut into clips."""
-  from data_pipeline.synthetic_video import make_video
+  from tests.video_files import make_video
   src, _ = video_dir
   nan = make_video(str(tmp_path / "nan.mkv"), audio_codec="pcm_f32le", nan_at=[0.5])
   long = make_video(str(tmp_path / "long.mp4"), seconds=2.5)

@@ -14,8 +14,8 @@ import soxr
 
 from avcl import embed, hear
 from data_pipeline import audio_files, paths
-from data_pipeline.synthetic_video import make_video
 from tests.encoder_fixtures import tiny_workdir  # noqa: F401  (a fixture)
+from tests.video_files import make_video
 
 tf = hear.tf
 SR = 16000

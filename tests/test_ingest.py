@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from data_pipeline import ingest, schema
-from data_pipeline.synthetic_video import make_video
+from tests.video_files import make_video
 from tests.video_fixtures import EVENTS, GOOD, flash_click_video, video_dir  # noqa: F401  (fixtures)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -708,9 +708,9 @@ def test_two_processes_match_one_and_resume_on_the_same_step(tmp_path, monkeypat
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
   """A 16-clip embedded world (about 15 s to render on one core), shared by the slow tests."""
-  from data_pipeline import embedded
+  from data_pipeline.world import generator
   root = str(tmp_path_factory.mktemp("world"))
-  embedded.generate(root, clips=16, seed=0, workers=1, progress=False)
+  generator.generate(root, clips=16, seed=0, workers=1, progress=False)
   return root
 
 

@@ -75,11 +75,11 @@ def test_bad_override_fails_before_compiling(tmp_path):
 def test_interrupted_world_generation_is_not_taken_for_data(tmp_path, monkeypatch):
   """A killed generation leaves pretrain/ shards and the GENERATING marker but no world.json: it is not a
   dataset. Without generation that is an error naming it; with generation the world is made again."""
-  from data_pipeline import embedded  # pylint: disable=g-import-not-at-top
+  from data_pipeline.world import generator  # pylint: disable=g-import-not-at-top
   root = tmp_path / "world"
   (root / "pretrain").mkdir(parents=True)
   (root / "pretrain" / "train-00000-of-00001.tfrecord").write_bytes(b"partial")
-  (root / embedded.GENERATING_MARKER).write_text("pid 1\n")
+  (root / generator.GENERATING_MARKER).write_text("pid 1\n")
   config = test_tiny.get_config()
   config.data.root = str(root)
   config.data.generate_if_missing = False
@@ -89,27 +89,27 @@ def test_interrupted_world_generation_is_not_taken_for_data(tmp_path, monkeypatc
   monkeypatch.setattr(main_lib.subprocess, "run", lambda cmd, **kw: ran.append(cmd))
   config.data.generate_if_missing = True
   main_lib.ensure_world(config)
-  assert ran and ran[0][1:4] == ["-m", "data_pipeline.embedded", "--output"]
+  assert ran and ran[0][1:4] == ["-m", "data_pipeline.world", "--output"]
   # A finished world (world.json written, marker removed) and any dataset with a pretrain/ are data.
   ran.clear()
-  (root / embedded.GENERATING_MARKER).unlink()
+  (root / generator.GENERATING_MARKER).unlink()
   main_lib.ensure_world(config)
   assert not ran
 
 
 def test_generation_marks_the_world_until_world_json(tmp_path, monkeypatch):
   """The generator writes GENERATING first and removes it only after world.json."""
-  from data_pipeline import embedded  # pylint: disable=g-import-not-at-top
+  from data_pipeline.world import generator  # pylint: disable=g-import-not-at-top
   seen = {}
 
   def fail_first_render(job):
-    seen["marker_during"] = (tmp_path / "w" / embedded.GENERATING_MARKER).exists()
+    seen["marker_during"] = (tmp_path / "w" / generator.GENERATING_MARKER).exists()
     raise RuntimeError("killed")
 
-  monkeypatch.setattr(embedded, "render_clip", fail_first_render)
+  monkeypatch.setattr(generator, "render_clip", fail_first_render)
   with pytest.raises(RuntimeError, match="killed"):
-    embedded.generate(str(tmp_path / "w"), clips=8, workers=1, progress=False)
-  assert seen["marker_during"] and (tmp_path / "w" / embedded.GENERATING_MARKER).exists()
+    generator.generate(str(tmp_path / "w"), clips=8, workers=1, progress=False)
+  assert seen["marker_during"] and (tmp_path / "w" / generator.GENERATING_MARKER).exists()
   assert not (tmp_path / "w" / "world.json").exists()
 
 

@@ -25,12 +25,13 @@ def run_blocked(blocked, module, *args, tmp_path):
   return out, time.monotonic() - start, (log.read_text().split() if log.exists() else [])
 
 
-def test_embedded_world_without_tinysoundfont(tmp_path):
-  out, _, tried = run_blocked("tinysoundfont", "data_pipeline.embedded", "--output", str(tmp_path / "w"),
+@pytest.mark.parametrize("module", ["data_pipeline.world", "data_pipeline.embedded"])  # embedded: the old name.
+def test_embedded_world_without_tinysoundfont(tmp_path, module):
+  out, _, tried = run_blocked("tinysoundfont", module, "--output", str(tmp_path / "w"),
                               "--clips", "8", "--workers", "1", tmp_path=tmp_path)
   assert out.returncode == 1, out.stderr[-2000:]
   assert out.stderr.splitlines() == [
-      "error: python -m data_pipeline.embedded needs the package tinysoundfont, which is not installed: "
+      "error: python -m data_pipeline.world needs the package tinysoundfont, which is not installed: "
       "pip install tinysoundfont --no-deps"]
   assert tried == ["tinysoundfont"]
   assert not (tmp_path / "w").exists()  # Nothing started: no folder, no marker, no worker.

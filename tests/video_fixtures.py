@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from data_pipeline.synthetic_video import make_video
+from tests.video_files import make_video
 
 # Flash/click instants of the alignment video (s); flashes last 0.25 s, clicks start with them.
 EVENTS = (0.55, 1.35, 2.25, 3.15)

@@ -123,7 +123,7 @@ def embedded_task(root: str, name: str, *, sample_rate: int, max_examples: int =
     raise DatasetNotFoundError(
         f"embedded task {name!r} not found: no {meta_path}"
         + (f" (tasks there: {known})" if known else
-           f". Generate the embedded world with `python -m data_pipeline.embedded --output {root}`."))
+           f". Generate the embedded world with `python -m data_pipeline.world --output {root}`."))
   meta = json.loads(paths.read_text(meta_path))
   for field in ("multi_label", "num_classes"):
     if field not in meta:

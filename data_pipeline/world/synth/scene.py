@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from data_pipeline.synth import acoustics, events, music, speech, video
+from data_pipeline.world.synth import acoustics, events, music, speech, video
 
 
 @dataclasses.dataclass(frozen=True)

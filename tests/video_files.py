@@ -1,4 +1,4 @@
-"""Small synthetic video files written with PyAV, for tests and the ingest benchmark.
+"""Small synthetic video files written with PyAV, for tests and the ingest benchmark (benchmarks/input_pipeline.py).
 
 Frames are dark with a moving bright bar; optional flashes turn the whole frame white. Audio is a quiet tone
 (or silence) with optional clicks (short loud bursts). Flashes and clicks placed at the same times give a

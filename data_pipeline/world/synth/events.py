@@ -6,7 +6,7 @@ everything else by `render_event`.
 """
 import numpy as np
 
-from data_pipeline.synth import music
+from data_pipeline.world.synth import music
 
 SPEECH = "speech"
 # GM sound-effect programs (0-based) of TimGM6mb that stand for everyday sound events.
@@ -73,4 +73,4 @@ def render_event(rng: np.random.Generator, name: str, max_seconds: float,
   if name == "siren":
     return siren(rng, max_seconds, sample_rate), None
   raise ValueError(f"event name={name!r}: not one of {NON_SPEECH_EVENTS + music.FAMILIES} "
-                   "(speech is rendered by data_pipeline.synth.speech)")
+                   "(speech is rendered by data_pipeline.world.synth.speech)")

@@ -10,19 +10,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline import embedded, schema
-from data_pipeline.synth import acoustics, events, music, speech
+from data_pipeline import schema
+from data_pipeline.world import generator
+from data_pipeline.world.synth import acoustics, events, music, speech
 
 TINY_CLIPS = 40
 TASK_JSON_KEYS = {"name", "metric", "multi_label", "num_classes", "class_names", "counts"}
-SPLIT_DIRS = [("pretrain", "train")] + [(f"tasks/{t}", s) for t in embedded.TASKS for s in embedded.SPLITS]
+SPLIT_DIRS = [("pretrain", "train")] + [(f"tasks/{t}", s) for t in generator.TASKS for s in generator.SPLITS]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("world"))
   start = time.time()
-  info = embedded.generate(root, clips=TINY_CLIPS, seed=3, workers=2, progress=False)
+  info = generator.generate(root, clips=TINY_CLIPS, seed=3, workers=2, progress=False)
   seconds = time.time() - start
   clips = {f"{d}/{s}": list(schema.read_clips(schema.list_shards(os.path.join(root, d), s)))
            for d, s in SPLIT_DIRS}
@@ -59,8 +60,8 @@ def test_layout_world_json_and_task_json(world):
     info = json.load(f)
   assert info == world["info"]
   assert info["seed"] == 3 and info["clips"] == TINY_CLIPS
-  assert info["generator_version"] == embedded.GENERATOR_VERSION
-  assert not os.path.exists(os.path.join(root, embedded.GENERATING_MARKER))  # Removed once complete.
+  assert info["generator_version"] == generator.GENERATOR_VERSION
+  assert not os.path.exists(os.path.join(root, generator.GENERATING_MARKER))  # Removed once complete.
   assert (info["sample_rate"], info["fps"], info["frame_size"], info["clip_seconds"]) == (16000, 10.0, 64, 3.0)
   assert info["counts"]["pretrain/train"] == TINY_CLIPS
   assert info["total_clips"] == sum(info["counts"].values())
@@ -74,27 +75,27 @@ def test_layout_world_json_and_task_json(world):
       assert re.fullmatch(rf"{split}-\d{{5}}-of-\d{{5}}\.tfrecord", os.path.basename(p))
     if split_dir.startswith("tasks/"):
       assert _task(root, split_dir.split("/")[1])["counts"][split] == n
-  assert len(schema.list_shards(os.path.join(root, "pretrain"), "train")) == embedded.MIN_PRETRAIN_SHARDS
-  for task in embedded.TASKS:
+  assert len(schema.list_shards(os.path.join(root, "pretrain"), "train")) == generator.MIN_PRETRAIN_SHARDS
+  for task in generator.TASKS:
     t = _task(root, task)
     assert set(t) == TASK_JSON_KEYS
     assert t["name"] == task
     assert t["multi_label"] == (task == "sound_events")
     assert t["metric"] == ("mAP" if task == "sound_events" else "accuracy")
     assert t["num_classes"] == len(t["class_names"]) == len(set(t["class_names"])) >= 2
-    assert set(t["counts"]) == set(embedded.SPLITS)
+    assert set(t["counts"]) == set(generator.SPLITS)
   assert _task(root, "keyword")["class_names"] == list(speech.KEYWORDS) + ["_unknown_"]
   assert _task(root, "instrument")["class_names"] == sorted(music.FAMILY_PROGRAMS)
   assert len(music.FAMILIES) == 11  # NSynth's families.
   assert _task(root, "language")["num_classes"] == len(speech.TASK_LANGUAGES)
-  assert _task(root, "speaker")["num_classes"] == embedded.SPEAKER_TASK_SPEAKERS
+  assert _task(root, "speaker")["num_classes"] == generator.SPEAKER_TASK_SPEAKERS
 
 
 def test_labels_match_what_sounds(world):
   root, clips = world["root"], world["clips"]
-  for task in embedded.TASKS:
+  for task in generator.TASKS:
     names = _task(root, task)["class_names"]
-    for split in embedded.SPLITS:
+    for split in generator.SPLITS:
       for c in clips[f"tasks/{task}/{split}"]:
         assert c.label_string == [names[i] for i in c.label_index], c.video_id
         assert c.video_id.startswith(f"{task}/{split}/")
@@ -133,14 +134,14 @@ def test_disjoint_speakers_programs_and_splits(world):
   heard_pretrain = _speakers(clips["pretrain/train"])
   assert heard_pretrain and heard_pretrain <= pretrain_pool
   for task in ("keyword", "language"):
-    heard = {s: _speakers(clips[f"tasks/{task}/{s}"]) for s in embedded.SPLITS}
-    for split in embedded.SPLITS:
+    heard = {s: _speakers(clips[f"tasks/{task}/{s}"]) for s in generator.SPLITS}
+    for split in generator.SPLITS:
       assert heard[split] and not heard[split] & pretrain_pool, (task, split)
       assert heard[split] <= pools[f"{task}/{split}"]
     assert not heard["train"] & heard["validation"]
     assert not heard["train"] & heard["test"]
     assert not heard["validation"] & heard["test"]
-  speaker_task = set().union(*(_speakers(clips[f"tasks/speaker/{s}"]) for s in embedded.SPLITS))
+  speaker_task = set().union(*(_speakers(clips[f"tasks/speaker/{s}"]) for s in generator.SPLITS))
   assert not speaker_task & pretrain_pool
   # Speaker identification: test speakers are among the train speakers (same classes).
   assert _speakers(clips["tasks/speaker/test"]) <= _speakers(clips["tasks/speaker/train"])
@@ -151,7 +152,7 @@ def test_disjoint_speakers_programs_and_splits(world):
       assert not pools[a] & pools[b], (a, b)
   # Instrument: GM programs of the splits are disjoint (NSynth-like held-out instruments).
   programs = {s: {int(re.match(r"program\[(\d+)\]", _sources(c.video_id)[0])[1])
-                  for c in clips[f"tasks/instrument/{s}"]} for s in embedded.SPLITS}
+                  for c in clips[f"tasks/instrument/{s}"]} for s in generator.SPLITS}
   assert not programs["train"] & programs["test"] and not programs["train"] & programs["validation"]
   assert not programs["validation"] & programs["test"]
   # No clip appears twice anywhere.
@@ -202,8 +203,8 @@ def test_visual_changes_coincide_with_sound_onsets(world):
 def test_deterministic_from_seed_and_independent_of_workers(world):
   # Re-render some clips of every split in this process (workers=1), in reverse order: the bytes equal the
   # records the 2-worker run wrote.
-  plan = embedded.plan_world(3, TINY_CLIPS)
-  assert plan.specs == embedded.plan_world(3, TINY_CLIPS).specs
+  plan = generator.plan_world(3, TINY_CLIPS)
+  assert plan.specs == generator.plan_world(3, TINY_CLIPS).specs
   picked = [s for s in plan.specs if s.index in (0, 3)][::-1]
   stored = {}  # Raw bytes as the worker processes serialised them.
   for split_dir, split in SPLIT_DIRS:
@@ -211,44 +212,44 @@ def test_deterministic_from_seed_and_independent_of_workers(world):
       for record in schema.iter_records(path):
         stored[schema.parse(record).video_id.split(":")[0]] = record
   for spec in picked:
-    assert embedded.render_clip((spec, 3)) == stored[spec.key], spec.key
-  other = embedded.plan_world(4, TINY_CLIPS)
+    assert generator.render_clip((spec, 3)) == stored[spec.key], spec.key
+  other = generator.plan_world(4, TINY_CLIPS)
   assert other.specs != plan.specs
-  assert embedded.render_clip((plan.specs[0], 4)) != embedded.render_clip((plan.specs[0], 3))
+  assert generator.render_clip((plan.specs[0], 4)) != generator.render_clip((plan.specs[0], 3))
 
 
 def test_tiny_world_is_fast(world):
   # Spawning workers and importing TensorFlow dominate a tiny world; rendering is tens of ms per clip.
   assert world["seconds"] < 120, world["seconds"]
-  plan = embedded.plan_world(5, 8)
+  plan = generator.plan_world(5, 8)
   start = time.time()
   for spec in plan.specs[:12]:
-    embedded.render_clip((spec, 5))
+    generator.render_clip((spec, 5))
   per_clip = (time.time() - start) / 12
   assert per_clip < 0.5, per_clip
 
 
 def test_split_sizes_scale_with_clips():
-  assert embedded.split_sizes(1600) == {"train": 200, "validation": 80, "test": 120}
-  assert embedded.split_sizes(16000)["train"] == 2000
-  assert embedded.split_sizes(10, num_classes=20)["train"] == 20
-  plan = embedded.plan_world(0, 200)
+  assert generator.split_sizes(1600) == {"train": 200, "validation": 80, "test": 120}
+  assert generator.split_sizes(16000)["train"] == 2000
+  assert generator.split_sizes(10, num_classes=20)["train"] == 20
+  plan = generator.plan_world(0, 200)
   assert sum(s.split_dir == "pretrain" for s in plan.specs) == 200
 
 
 def test_cli_help_and_bad_arguments(capsys, tmp_path):
   with pytest.raises(SystemExit) as e:
-    embedded.main(["--help"])
+    generator.main(["--help"])
   assert e.value.code == 0
   assert "--clips" in capsys.readouterr().out
   for bad, field in ((["--clips", "0"], "--clips"), (["--seed", "-1"], "--seed"),
                      (["--workers", "0"], "--workers")):
     with pytest.raises(SystemExit) as e:
-      embedded.main(["--output", str(tmp_path)] + bad)
+      generator.main(["--output", str(tmp_path)] + bad)
     assert e.value.code == 2
     assert field in capsys.readouterr().err
   with pytest.raises(ValueError, match="clips"):
-    embedded.plan_world(0, 0)
+    generator.plan_world(0, 0)
 
 
 def test_input_pipeline_reads_the_world_in_design_shapes(world):

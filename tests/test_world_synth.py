@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline.synth import acoustics, events, music, scene, speech, video
+from data_pipeline.world.synth import acoustics, events, music, scene, speech, video
 
 SR = 16000
 
