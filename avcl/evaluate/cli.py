@@ -1,4 +1,4 @@
-"""`python -m avcl.evaluate --workdir W [--tasks ...] [--probe linear|mlp] [--step N | --curve]`.
+"""`python -m avcl.evaluate --workdir W [--tasks ... | folder:PATH] [--probe linear|mlp] [--step N | --curve]`.
 
 Evaluates a training run's checkpoint on downstream tasks and writes W/eval/results.{json,md,png}; with
 --curve, scores every kept checkpoint on the validation splits and writes W/eval/curve.{json,md,png}.
@@ -22,7 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                   "results.json, results.md, results.png and details.json, and prints the table.",
       epilog=f"Tasks: embedded-world {', '.join(tasks_lib.EMBEDDED_TASKS)}; TFDS (prepared beforehand) "
              f"{', '.join(sorted(tasks_lib.TFDS_TASKS))}; audioset, audioset_unbalanced (with "
-             "--audioset_dir). Evaluation runs on JAX process 0 only.")
+             "--audioset_dir); folder:PATH for your own recordings, one subfolder per class (docs/evaluation.md). "
+             "Evaluation runs on JAX process 0 only.")
   p.add_argument("--workdir", required=True, help="training run directory (config.json, checkpoints/)")
   p.add_argument("--tasks", nargs="+", default=None,
                  help="tasks to evaluate, space- or comma-separated (default: the run's config.eval.tasks)")
