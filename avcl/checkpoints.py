@@ -295,7 +295,56 @@ def _restore_args(abstract: Any) -> Any:
                                                       dtype=x.dtype), abstract)
 
 
-# Train-state layouts ---------------------------------------------------------------------------------------
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, *, partial: bool = False) -> Any:
+  """Restores checkpoint `step` into the structure, shapes and shardings of `abstract_state`
+  (a pytree of jax.ShapeDtypeStruct with .sharding); with partial=True only the subtrees it names."""
+  check_shapes(manager, step, abstract_state)
+  args = ocp.args.PyTreeRestore(item=abstract_state, restore_args=_restore_args(abstract_state),
+                                partial_restore=partial)
+  return manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: args}))[STATE_ITEM]
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple]:
+  """{"model/encoder/kernel": shape} with every key as a string (orbax stores list indices as '0')."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    parts = []
+    for p in path:
+      for attr in ("key", "name", "idx"):
+        if hasattr(p, attr):
+          parts.append(str(getattr(p, attr)))
+          break
+    out["/".join(parts)] = tuple(leaf.shape)
+  return out
+
+
+def _stored_tree(manager: ocp.CheckpointManager, step: int) -> Any:
+  """The tree of checkpoint `step`'s "state" item as stored (metadata leaves with .shape), read from disk."""
+  metadata = manager.item_metadata(step)[STATE_ITEM]
+  if metadata is None:
+    raise CheckpointError(f"checkpoint step {step} in {manager.directory} has no readable '{STATE_ITEM}' item")
+  return metadata.tree if hasattr(metadata, "tree") else metadata
+
+
+def check_shapes(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
+  """Raises CheckpointError naming every parameter whose stored shape differs from `abstract_state`'s,
+  and every parameter the config expects that the checkpoint lacks."""
+  stored = _flat_shapes(_stored_tree(manager, step))
+  wanted = _flat_shapes(abstract_state)
+  problems = []
+  for path, shape in wanted.items():
+    if path not in stored:
+      problems.append(f"{path}: expected by the config with shape {shape}, absent from the checkpoint")
+    elif stored[path] != shape:
+      problems.append(f"{path}: checkpoint has shape {stored[path]}, the config's architecture needs {shape}")
+  if problems:
+    shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+    raise CheckpointError(
+        f"checkpoint step {step} in {manager.directory} does not match the config's architecture "
+        f"(was it trained with a different model config?):\n  " + "\n  ".join(shown))
+
+
+# Train-state layouts -------------------------------------------------------------------------------------
 def join_model_state(params: dict, batch_stats: dict) -> dict:
   """The whole model's state as one pure dict (that of nnx.state(model)) from its two parts, pure dicts of
   the same nesting with disjoint leaves: the nnx.Param state and the rest (BatchNorm statistics)."""
@@ -344,55 +393,6 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
   if is_old_layout(manager, step):
     return from_old_layout(restore(manager, step, old_layout(abstract_state)), abstract_state)
   return restore(manager, step, abstract_state)
-
-
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, *, partial: bool = False) -> Any:
-  """Restores checkpoint `step` into the structure, shapes and shardings of `abstract_state`
-  (a pytree of jax.ShapeDtypeStruct with .sharding); with partial=True only the subtrees it names."""
-  check_shapes(manager, step, abstract_state)
-  args = ocp.args.PyTreeRestore(item=abstract_state, restore_args=_restore_args(abstract_state),
-                                partial_restore=partial)
-  return manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: args}))[STATE_ITEM]
-
-
-def _flat_shapes(tree: Any) -> dict[str, tuple]:
-  """{"model/encoder/kernel": shape} with every key as a string (orbax stores list indices as '0')."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    parts = []
-    for p in path:
-      for attr in ("key", "name", "idx"):
-        if hasattr(p, attr):
-          parts.append(str(getattr(p, attr)))
-          break
-    out["/".join(parts)] = tuple(leaf.shape)
-  return out
-
-
-def _stored_tree(manager: ocp.CheckpointManager, step: int) -> Any:
-  """The tree of checkpoint `step`'s "state" item as stored (metadata leaves with .shape), read from disk."""
-  metadata = manager.item_metadata(step)[STATE_ITEM]
-  if metadata is None:
-    raise CheckpointError(f"checkpoint step {step} in {manager.directory} has no readable '{STATE_ITEM}' item")
-  return metadata.tree if hasattr(metadata, "tree") else metadata
-
-
-def check_shapes(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
-  """Raises CheckpointError naming every parameter whose stored shape differs from `abstract_state`'s,
-  and every parameter the config expects that the checkpoint lacks."""
-  stored = _flat_shapes(_stored_tree(manager, step))
-  wanted = _flat_shapes(abstract_state)
-  problems = []
-  for path, shape in wanted.items():
-    if path not in stored:
-      problems.append(f"{path}: expected by the config with shape {shape}, absent from the checkpoint")
-    elif stored[path] != shape:
-      problems.append(f"{path}: checkpoint has shape {stored[path]}, the config's architecture needs {shape}")
-  if problems:
-    shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-    raise CheckpointError(
-        f"checkpoint step {step} in {manager.directory} does not match the config's architecture "
-        f"(was it trained with a different model config?):\n  " + "\n  ".join(shown))
 
 
 # Evaluation entry point ----------------------------------------------------------------------------------
