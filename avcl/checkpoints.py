@@ -4,10 +4,17 @@ Layout (docs/design.md):
   WORKDIR/config.json             the run's config (process 0 writes it atomically: at the first start, and
                                   on a resume that changed it only after the check and the restore)
   WORKDIR/config_changes.jsonl    one JSON line per resume whose config differed from config.json
-  WORKDIR/checkpoints/<step>/     orbax CheckpointManager, one item "state" =
-                                  {"model": nnx state as a pure dict, "opt_state": optax state, "step": int32}
-  WORKDIR/initial_model.msgpack   the model state at step 0 (flax msgpack of the pure dict; process 0 writes
-                                  it atomically when a new run starts): evaluation's random-init baseline
+  WORKDIR/checkpoints/<step>/     orbax CheckpointManager, one item "state" = the train state (avcl.train):
+                                  {"params": {"model": nnx.Param state as a pure dict,
+                                              "log_inv_temperature": f32[] (when loss.learn_temperature)},
+                                   "batch_stats": the model's other nnx state (BatchNorm statistics), pure dict,
+                                   "opt_state": optax state over "params", "step": int32}
+                                  Older runs wrote {"model": the whole nnx state as one pure dict, "opt_state"
+                                  (the same tree), "step"[, "log_inv_temperature"]}: `restore_model` and
+                                  `restore_train_state` read both layouts.
+  WORKDIR/initial_model.msgpack   the whole model state at step 0 (flax msgpack of the pure dict of
+                                  nnx.state(model), parameters and statistics together; process 0 writes it
+                                  atomically when a new run starts): evaluation's random-init baseline
   WORKDIR/cpu_seconds.json        {"<step>": CPU-seconds of training process 0 up to that checkpoint}
 
 Every process calls `save` (orbax's multi-host path: each process writes the shards it owns, process 0
@@ -311,13 +318,18 @@ def _flat_shapes(tree: Any) -> dict[str, tuple]:
   return out
 
 
-def check_shapes(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
-  """Raises CheckpointError naming every parameter whose stored shape differs from `abstract_state`'s,
-  and every parameter the config expects that the checkpoint lacks."""
+def _stored_tree(manager: ocp.CheckpointManager, step: int) -> Any:
+  """The tree of checkpoint `step`'s "state" item as stored (metadata leaves with .shape), read from disk."""
   metadata = manager.item_metadata(step)[STATE_ITEM]
   if metadata is None:
     raise CheckpointError(f"checkpoint step {step} in {manager.directory} has no readable '{STATE_ITEM}' item")
-  stored = _flat_shapes(metadata.tree if hasattr(metadata, "tree") else metadata)
+  return metadata.tree if hasattr(metadata, "tree") else metadata
+
+
+def check_shapes(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
+  """Raises CheckpointError naming every parameter whose stored shape differs from `abstract_state`'s,
+  and every parameter the config expects that the checkpoint lacks."""
+  stored = _flat_shapes(_stored_tree(manager, step))
   wanted = _flat_shapes(abstract_state)
   problems = []
   for path, shape in wanted.items():
@@ -330,6 +342,57 @@ def check_shapes(manager: ocp.CheckpointManager, step: int, abstract_state: Any)
     raise CheckpointError(
         f"checkpoint step {step} in {manager.directory} does not match the config's architecture "
         f"(was it trained with a different model config?):\n  " + "\n  ".join(shown))
+
+
+# Train-state layouts -------------------------------------------------------------------------------------
+def join_model_state(params: dict, batch_stats: dict) -> dict:
+  """The whole model's state as one pure dict (that of nnx.state(model)) from its two parts, pure dicts of
+  the same nesting with disjoint leaves: the nnx.Param state and the rest (BatchNorm statistics)."""
+  out = dict(params)
+  for k, v in batch_stats.items():
+    out[k] = join_model_state(out[k], v) if isinstance(v, dict) and k in out else v
+  return out
+
+
+def select(tree: dict, template: dict) -> dict:
+  """The entries of the nested dict `tree` at the keys of `template` (recursively): the inverse of
+  `join_model_state`, select(join_model_state(p, b), p) == p."""
+  return {k: select(tree[k], v) if isinstance(v, dict) else tree[k] for k, v in template.items()}
+
+
+def is_old_layout(manager: ocp.CheckpointManager, step: int) -> bool:
+  """Whether checkpoint `step` holds the older train state {"model": whole nnx state, "opt_state", "step"
+  [, "log_inv_temperature"]} rather than {"params", "batch_stats", "opt_state", "step"}."""
+  tree = _stored_tree(manager, step)
+  return "model" in tree and "params" not in tree
+
+
+def old_layout(state: Any) -> dict:
+  """A train state (or its abstract tree) in the older layout, which the same optimizer state fits: the
+  optimizer's tree was then {"model": parameters[, "log_inv_temperature"]}, as "params" is now."""
+  old = {"model": join_model_state(state["params"]["model"], state["batch_stats"]),
+         "opt_state": state["opt_state"], "step": state["step"]}
+  if "log_inv_temperature" in state["params"]:
+    old["log_inv_temperature"] = state["params"]["log_inv_temperature"]
+  return old
+
+
+def from_old_layout(old: dict, abstract_state: Any) -> dict:
+  """The train state of the older-layout `old`, split as `abstract_state` (the current layout) is."""
+  params = {"model": select(old["model"], abstract_state["params"]["model"])}
+  if "log_inv_temperature" in abstract_state["params"]:
+    params["log_inv_temperature"] = old["log_inv_temperature"]
+  return {"params": params, "batch_stats": select(old["model"], abstract_state["batch_stats"]),
+          "opt_state": old["opt_state"], "step": old["step"]}
+
+
+def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> dict:
+  """Checkpoint `step` as a train state in the layout, shapes and shardings of `abstract_state`, whichever
+  layout it was written in (an older-layout checkpoint is restored as such and converted: nothing is
+  computed, the arrays are the same)."""
+  if is_old_layout(manager, step):
+    return from_old_layout(restore(manager, step, old_layout(abstract_state)), abstract_state)
+  return restore(manager, step, abstract_state)
 
 
 # Evaluation entry point ----------------------------------------------------------------------------------
@@ -357,13 +420,21 @@ def restore_model(workdir: str | epath.Path, step: int | None = None
   elif step not in steps:
     raise CheckpointError(f"checkpoint step {step} not in {ckpt_dir}; available steps: {sorted(steps)}")
 
-  graphdef, abstract_model = from_config.abstract_model(config)
+  # The split training uses (avcl.train): parameters and the rest (BatchNorm statistics).
+  graphdef, params, batch_stats = nnx.split(nnx.eval_shape(lambda: from_config.build(config, 1)), nnx.Param, ...)
   # This process's own first device: in multi-process runs every process restores a full local copy
   # (jax.devices()[0] would belong to process 0 alone and leave the others with no addressable shard).
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = {"model": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                                    abstract_model)}
-  restored = restore(manager, step, abstract, partial=True)
-  manager.close()
-  model = nnx.merge(graphdef, restored["model"])
-  return model, config, int(step)
+  params, batch_stats = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                                     (nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats)))
+  # Only the model is read (partial restore): not the optimizer state, step or temperature.
+  try:
+    if is_old_layout(manager, step):
+      whole = restore(manager, step, {"model": join_model_state(params, batch_stats)}, partial=True)["model"]
+      params, batch_stats = select(whole, params), select(whole, batch_stats)
+    else:
+      restored = restore(manager, step, {"params": {"model": params}, "batch_stats": batch_stats}, partial=True)
+      params, batch_stats = restored["params"]["model"], restored["batch_stats"]
+  finally:
+    manager.close()
+  return nnx.merge(graphdef, params, batch_stats), config, int(step)

@@ -1,10 +1,15 @@
 """The training loop: mesh, model, optimizer, restore-or-init, one jitted step, checkpoints, metrics.
 
-Train state (a plain pytree, exactly what a checkpoint holds):
-  {"model": nnx state of the AVModel as a pure dict (parameters and BatchNorm statistics),
-   "opt_state": optax state over the trainable parameters,
-   "step": int32[] optimizer steps taken,
-   "log_inv_temperature": f32[] (only when config.loss.learn_temperature)}
+Train state (a plain pytree, exactly what a checkpoint holds; avcl.checkpoints describes the files):
+  {"params": {"model": the AVModel's nnx.Param state as a pure dict,
+              "log_inv_temperature": f32[] (only when config.loss.learn_temperature)},
+   "batch_stats": the AVModel's other state (BatchNorm statistics) as a pure dict,
+   "opt_state": optax state over "params" (exactly the tree the optimizer updates),
+   "step": int32[] optimizer steps taken}
+The model is split once, `nnx.split(model, nnx.Param, ...)`; its graphdef (Trainer.graphdef) merges
+state["params"]["model"] and state["batch_stats"] back into an AVModel inside the step. Checkpoints of the
+older layout {"model": whole nnx state, "opt_state", "step"[, "log_inv_temperature"]} (same optimizer tree)
+still restore, for evaluation and resume (checkpoints.restore_train_state).
 All of it is replicated over the mesh; the batch is sharded over the mesh axis "data". The step is
 written in the global view (jnp on the whole batch); XLA partitions it. Two parts run their own shard_map
 over "data": the movement of mixing partners (one collective-permute of a shard, `augment.partner_rows`)
@@ -74,6 +79,12 @@ def initial_model_state(config: ml_collections.ConfigDict) -> dict:
     return jax.device_get(fn())
 
 
+def model_state(state: dict) -> dict:
+  """The whole AVModel state of a train state as one pure dict (nnx.state(model): parameters and BatchNorm
+  statistics), the layout of WORKDIR/initial_model.msgpack and of `initial_model_state`."""
+  return checkpoints.join_model_state(state["params"]["model"], state["batch_stats"])
+
+
 def _pairs(config: ml_collections.ConfigDict) -> dict[str, float]:
   """The enabled InfoNCE pairs {"a_b": weight > 0}."""
   return {k: float(v) for k, v in config.loss.pairs.items() if v > 0}
@@ -88,33 +99,31 @@ class Trainer:
   """Everything the loop needs that is fixed for a run: mesh, model graph, optimizer, jitted functions."""
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
-  graphdef: nnx.GraphDef  # of the whole AVModel (one state: parameters and statistics)
+  graphdef: nnx.GraphDef  # of nnx.split(model, nnx.Param, ...): merges state["params"]["model"], ["batch_stats"]
   tx: optax.GradientTransformation
   schedule: Callable[[Any], Any]
   state_sharding: Any  # pytree of NamedSharding matching the train state (all replicated)
   abstract_state: Any  # pytree of ShapeDtypeStruct with shardings (restore target)
   init: Callable[[], dict]  # jitted: () -> train state
-  step: Callable[[dict, dict], tuple[dict, dict]]  # jitted, state donated: (state, batch) -> (state, metrics)
+  step: Callable[[dict, dict], tuple[dict, dict]]  # jitted train_step, state donated: -> (state, metrics)
 
 
 def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer:
-  """Builds the model graph, optimizer and the jitted init and train-step functions for `mesh`."""
+  """Splits the model once, builds the optimizer and the jitted init and train step for `mesh`."""
   bn_groups = mesh.devices.size
-  model = nnx.eval_shape(lambda: from_config.build(config, bn_groups))
-  graphdef, _ = nnx.split(model)
+  # The one split of the model: parameters (what the optimizer updates) and the rest (BatchNorm statistics,
+  # which the forward pass updates). Its graphdef turns the two pure dicts of the state back into a model.
+  graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: from_config.build(config, bn_groups)), nnx.Param, ...)
   tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
   replicated = sharding.replicated(mesh)
-  learn_t = bool(config.loss.learn_temperature)
 
   def init_fn() -> dict:
-    m = from_config.build(config, bn_groups)
-    trainable = {"model": nnx.to_pure_dict(nnx.state(m, nnx.Param))}
-    state = {"model": nnx.to_pure_dict(nnx.state(m)), "step": jnp.zeros((), jnp.int32)}
-    if learn_t:
-      trainable["log_inv_temperature"] = jnp.asarray(-math.log(config.loss.temperature), jnp.float32)
-      state["log_inv_temperature"] = trainable["log_inv_temperature"]
-    state["opt_state"] = tx.init(trainable)
-    return state
+    _, params, batch_stats = nnx.split(from_config.build(config, bn_groups), nnx.Param, ...)
+    params = {"model": nnx.to_pure_dict(params)}
+    if config.loss.learn_temperature:
+      params["log_inv_temperature"] = jnp.asarray(-math.log(config.loss.temperature), jnp.float32)
+    return {"params": params, "batch_stats": nnx.to_pure_dict(batch_stats), "opt_state": tx.init(params),
+            "step": jnp.zeros((), jnp.int32)}
 
   abstract = jax.eval_shape(init_fn)
   state_sharding = jax.tree.map(lambda _: replicated, abstract)
@@ -125,91 +134,81 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
   # compile by float32 rounding, ~2e-7, and are the same on every process and mesh).
   init = jax.jit(init_fn, out_shardings=state_sharding,
                  compiler_options=_FAST_COMPILE if jax.default_backend() == "cpu" else None)
-  step_fn = make_step_fn(config, graphdef, tx, schedule, mesh)
-  step = jax.jit(step_fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+  step = jax.jit(make_train_step(config, mesh, graphdef, tx, schedule),
+                 in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                  out_shardings=(state_sharding, replicated), donate_argnums=(0,))
   return Trainer(config=config, mesh=mesh, graphdef=graphdef, tx=tx, schedule=schedule,
                  state_sharding=state_sharding, abstract_state=abstract_state, init=init, step=step)
 
 
-def _split_parts(model: nnx.Module) -> tuple[nnx.GraphDef, dict, dict]:
-  """(graphdef, parameters, everything else e.g. BatchNorm statistics), both as pure dicts."""
-  split_def, params, rest = nnx.split(model, nnx.Param, ...)
-  return split_def, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, graphdef: nnx.GraphDef,
+                    tx: optax.GradientTransformation, schedule: Callable[[Any], Any], *,
+                    return_grads: bool = False) -> Callable[..., tuple]:
+  """train_step(state, batch) -> (new state, metrics) [, grads]: one optimizer step, to be jitted.
 
-
-def make_loss_fn(config: ml_collections.ConfigDict, split_def: nnx.GraphDef, mesh: jax.sharding.Mesh
-                 ) -> Callable[..., tuple[jax.Array, tuple[dict, dict]]]:
-  """loss_fn(trainable, rest, batch, key) -> (loss, (metrics, new_rest)).
-
-  trainable: {"model": parameter pure dict, "log_inv_temperature": f32[] (when learned)}; rest: the
-  model's other state (BatchNorm statistics) as a pure dict; split_def: graphdef of
-  `nnx.split(model, nnx.Param, ...)`; batch: {"audio": f32[b, samples], "frames": u8[b, t, h, w, 3]};
-  new_rest: `rest` after the forward pass (updated BatchNorm statistics).
+  graphdef: of `nnx.split(model, nnx.Param, ...)` (Trainer.graphdef). state: the train state (module
+  docstring). batch: global arrays {"audio": f32[b, samples], "frames": u8[b, t, h, w, 3]} (frames only when
+  a pair reads the video). metrics: f32[] scalars: "loss", the contrastive loss's terms and top-1
+  accuracies, "learning_rate", "grad_norm", "temperature", "mix_weight". grads (with return_grads, for
+  tests): the loss's gradient, in the structure of state["params"].
   """
   frontend = frontend_lib.from_config(config.audio)
   pairs = _pairs(config)
-  needed = _model_inputs_needed(config)
-
-  def loss_fn(trainable, rest, batch, key):
-    model = nnx.merge(split_def, trainable["model"], rest)
-    views = augment_lib.augment_batch(key, batch, config.augment, frontend=frontend, mesh=mesh,
-                                      second_view="logmel2" in needed)
-    embeddings = model({k: views[k] for k in sorted(needed)}, train=True)
-    if "log_inv_temperature" in trainable:
-      # step_fn keeps the parameter <= MAX_LOG_INV_TEMPERATURE, so this is >= MIN_TEMPERATURE with a gradient.
-      temperature = jnp.exp(-trainable["log_inv_temperature"])
-    else:
-      temperature = config.loss.temperature
-    loss, metrics = losses.contrastive_loss(embeddings, pairs, temperature, mesh=mesh, axis=sharding.DATA_AXIS,
-                                            impl=config.loss.impl, tile_size=config.loss.tile_size,
-                                            transit_dtype=config.loss.transit_dtype)
-    metrics = dict(metrics)
-    metrics["temperature"] = jnp.asarray(temperature, jnp.float32)
-    metrics["mix_weight"] = jnp.mean(views["mix_weight"])
-    return loss, (metrics, _split_parts(model)[2])
-
-  return loss_fn
-
-
-def make_step_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                 schedule: Callable[[Any], Any], mesh: jax.sharding.Mesh, *, return_grads: bool = False
-                 ) -> Callable[..., tuple]:
-  """(state, batch) -> (new state, metrics) [, grads]: frontend, augment, model, loss, optax update.
-
-  graphdef: of the whole model (`nnx.split(model)`), matching state["model"].
-  batch: global arrays {"audio": f32[b, samples], "frames": u8[b, t, h, w, 3]}.
-  metrics: f32[] scalars: "loss", the contrastive loss's terms and top-1 accuracies, "learning_rate",
-  "grad_norm", "temperature", "mix_weight".
-  """
+  needed = _model_inputs_needed(config)  # The model inputs the pairs read: "logmel", "logmel2", "video", ...
   _, train_key = from_config.keys(config.seed)
-  split_def = nnx.split(nnx.eval_shape(lambda: from_config.build(config, mesh.devices.size)), nnx.Param,
-                        ...)[0]
-  loss_fn = make_loss_fn(config, split_def, mesh)
 
-  def step_fn(state: dict, batch: dict):
-    _, params, rest = _split_parts(nnx.merge(graphdef, state["model"]))
-    trainable = {"model": params}
-    if "log_inv_temperature" in state:
+  def train_step(state: dict, batch: dict):
+    # Step s's randomness is fold_in(train_key, s): independent of the mesh and the process count, and a
+    # resumed run draws exactly what the uninterrupted run would have.
+    key = jax.random.fold_in(train_key, state["step"])
+    params = state["params"]
+    if "log_inv_temperature" in params:
       # Clipped on the way in too: a checkpoint of the code that clamped only the temperature's use may hold
       # a parameter past the clamp (outside the gradient path, so no tie-splitting of the gradient).
-      trainable["log_inv_temperature"] = jnp.minimum(state["log_inv_temperature"], MAX_LOG_INV_TEMPERATURE)
-    key = jax.random.fold_in(train_key, state["step"])
-    (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, rest, batch, key)
-    updates, opt_state = tx.update(grads, state["opt_state"], trainable)
-    trainable = optax.apply_updates(trainable, updates)
-    model = nnx.merge(split_def, trainable["model"], rest)
-    new_state = {"model": nnx.to_pure_dict(nnx.state(model)), "opt_state": opt_state,
+      params = dict(params, log_inv_temperature=jnp.minimum(params["log_inv_temperature"],
+                                                            MAX_LOG_INV_TEMPERATURE))
+
+    # Frontend and augmentation (no parameters, so outside the gradient): gain, mixing with partner clips
+    # (moved between devices by augment.partner_rows), log-mel, SpecAugment, frame crops and flips.
+    views = augment_lib.augment_batch(key, batch, config.augment, frontend=frontend, mesh=mesh,
+                                      second_view="logmel2" in needed)
+
+    def loss_fn(params):
+      # BatchNorm statistics enter as state, not as parameters: the forward pass updates them (train=True)
+      # and they leave as an output, never differentiated.
+      model = nnx.merge(graphdef, params["model"], state["batch_stats"])
+      embeddings = model({k: views[k] for k in sorted(needed)}, train=True)  # {input: f32[b, embed_dim]}
+      if "log_inv_temperature" in params:
+        # Kept <= MAX_LOG_INV_TEMPERATURE below, so this is >= MIN_TEMPERATURE and has a gradient.
+        temperature = jnp.exp(-params["log_inv_temperature"])
+      else:
+        temperature = config.loss.temperature
+      loss, metrics = losses.contrastive_loss(embeddings, pairs, temperature, mesh=mesh, axis=sharding.DATA_AXIS,
+                                              impl=config.loss.impl, tile_size=config.loss.tile_size,
+                                              transit_dtype=config.loss.transit_dtype)
+      metrics = dict(metrics, temperature=jnp.asarray(temperature, jnp.float32))
+      _, _, batch_stats = nnx.split(model, nnx.Param, ...)
+      return loss, (metrics, nnx.to_pure_dict(batch_stats))
+
+    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    # The optimizer (avcl.optim: AdamW or LARS, weight decay on kernels only) updates exactly `params`.
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    params = optax.apply_updates(params, updates)
+    if "log_inv_temperature" in params:
+      # The clamp is on the parameter, not on its use: a clamp on the use has zero gradient past it, so a
+      # parameter pushed past it could never come back.
+      params = dict(params, log_inv_temperature=jnp.minimum(params["log_inv_temperature"],
+                                                            MAX_LOG_INV_TEMPERATURE))
+    new_state = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state,
                  "step": state["step"] + 1}
-    if "log_inv_temperature" in trainable:
-      new_state["log_inv_temperature"] = jnp.minimum(trainable["log_inv_temperature"], MAX_LOG_INV_TEMPERATURE)
-    metrics = dict(metrics, loss=loss, learning_rate=schedule(state["step"]),
-                   grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, loss=loss, mix_weight=jnp.mean(views["mix_weight"]),
+                   learning_rate=schedule(state["step"]), grad_norm=optax.global_norm(grads))
     if return_grads:
       return new_state, metrics, grads
     return new_state, metrics
 
-  return step_fn
+  return train_step
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -401,10 +400,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       start = 0
       if is_main:
         # The random-init baseline of evaluation is this exact state (docs/evaluation.md).
-        checkpoints.write_initial_model(workdir, state["model"])
+        checkpoints.write_initial_model(workdir, model_state(state))
       logging.info("Initialised a new run in %s", workdir)
     else:
-      state = checkpoints.restore(manager, start, trainer.abstract_state)
+      # A checkpoint of the older layout (module docstring) is converted on the way in.
+      state = checkpoints.restore_train_state(manager, start, trainer.abstract_state)
       logging.info("Resumed %s from checkpoint step %d", workdir, start)
       if is_main and config_diff:
         # Only now that the checkpoint restored into the new config: a resume that fails before this leaves

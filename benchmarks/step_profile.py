@@ -101,7 +101,9 @@ def component_rows(config, repeats):
               + measure(augment, (jax.random.key(1), batch), repeats))
 
   model = from_config.build(config, mesh.devices.size)
-  split_def, params, rest = train._split_parts(model)  # pylint: disable=protected-access
+  # The split the train step uses (train.make_trainer): parameters, and the BatchNorm statistics.
+  split_def, params, rest = nnx.split(model, nnx.Param, ...)
+  params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
   views = augment_lib.augment_batch(jax.random.key(1), batch, config.augment, mesh=mesh,
                                     frontend=fe)
   needed = sorted(train._model_inputs_needed(config))  # pylint: disable=protected-access
@@ -112,7 +114,7 @@ def component_rows(config, repeats):
     def encoder_loss(params, rest, x, ct, name=name):
       m = nnx.merge(split_def, params, rest)
       z = m({name: x}, train=True)[name]
-      return jnp.vdot(z, ct), train._split_parts(m)[2]  # pylint: disable=protected-access
+      return jnp.vdot(z, ct), nnx.to_pure_dict(nnx.split(m, nnx.Param, ...)[2])
 
     grad_fn = jax.value_and_grad(encoder_loss, has_aux=True)
     rows.append((f"{name} encoder+head fwd+bwd",) + measure(grad_fn, (params, rest, views[name], ct), repeats))
@@ -128,7 +130,7 @@ def component_rows(config, repeats):
 
   trainer = train.make_trainer(config, mesh)
   state = trainer.init()
-  trainable = {"model": params}
+  trainable = state["params"]  # What the optimizer updates.
   grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), trainable)
 
   def update(grads, opt_state, trainable):

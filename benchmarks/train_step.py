@@ -125,7 +125,7 @@ class _Bench:
     self.config = config
     trainer = train.make_trainer(config, mesh)
     if variant in ("no_donation", "main"):  # The same step jitted without donating the train state.
-      step_fn = train.make_step_fn(config, trainer.graphdef, trainer.tx, trainer.schedule, mesh)
+      step_fn = train.make_train_step(config, mesh, trainer.graphdef, trainer.tx, trainer.schedule)
       trainer = dataclasses.replace(trainer, step=jax.jit(
           step_fn, in_shardings=(trainer.state_sharding, sharding.batch_sharding(mesh)),
           out_shardings=(trainer.state_sharding, sharding.replicated(mesh))))

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -13,13 +14,18 @@ from avcl.evaluate import cli, runner
 from tests.test_eval_runner import make_world, tiny_config
 
 
-def write_checkpoint(workdir, config, step=5, seed=3):
-  """A checkpoint as training writes it: WORKDIR/config.json and WORKDIR/checkpoints/<step>/state."""
+def write_checkpoint(workdir, config, step=5, seed=3, *, old_layout=False):
+  """A checkpoint as training writes it: WORKDIR/config.json and WORKDIR/checkpoints/<step>/state; with
+  old_layout, as training wrote it before the train state was split into "params" and "batch_stats"."""
   model = models.build_model(config.model, config.audio, rngs=nnx.Rngs(seed))
   checkpoints.write_config(workdir, config)
   manager = checkpoints.make_manager(workdir)
-  checkpoints.save(manager, step, {"model": nnx.to_pure_dict(nnx.state(model)), "opt_state": {},
-                                   "step": np.int32(step)})
+  if old_layout:
+    state = {"model": nnx.to_pure_dict(nnx.state(model))}
+  else:
+    _, params, batch_stats = nnx.split(model, nnx.Param, ...)
+    state = {"params": {"model": nnx.to_pure_dict(params)}, "batch_stats": nnx.to_pure_dict(batch_stats)}
+  checkpoints.save(manager, step, dict(state, opt_state={}, step=np.int32(step)))
   manager.wait_until_finished()
   manager.close()
   return model
@@ -48,6 +54,24 @@ def test_evaluate_from_checkpoint_and_cli(run_dir, capsys):
   assert cli.main(["--workdir", workdir, "--probe", "mlp", "--step", "5", "--no_progress"]) == 0
   details = json.load(open(os.path.join(workdir, "eval", "details.json")))
   assert details["probe"] == "mlp"
+
+
+def test_old_layout_checkpoint_evaluates_as_the_new_one(run_dir, tmp_path):
+  """A checkpoint of the older train-state layout ({"model": whole nnx state, ...}) still evaluates: the same
+  model, the same results."""
+  workdir, config, model = run_dir
+  old = str(tmp_path / "old")
+  write_checkpoint(old, config, old_layout=True)
+  manager = checkpoints.make_manager(old, read_only=True)
+  assert checkpoints.is_old_layout(manager, 5)
+  manager.close()
+  restored, _, step = checkpoints.restore_model(old)
+  assert step == 5
+  want, got = nnx.to_pure_dict(nnx.state(model)), nnx.to_pure_dict(nnx.state(restored))
+  assert jax.tree.structure(want) == jax.tree.structure(got)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)))
+  results = runner.evaluate(old, progress=False)
+  assert results["tasks"] == runner.evaluate(workdir, progress=False)["tasks"]
 
 
 def test_cli_help():

@@ -47,7 +47,7 @@ def run(tmp_path_factory):
     out = train.train(config, workdir, batches=_batches(config))
     assert out["status"] == "done" and out["step"] == 6
     # Step 0 of that run, computed again the way training computes it (8 devices, as the run).
-    step0 = jax.device_get(train.make_trainer(config, sharding.make_mesh()).init()["model"])
+    step0 = jax.device_get(train.model_state(train.make_trainer(config, sharding.make_mesh()).init()))
   return workdir, config, step0
 
 

@@ -67,10 +67,10 @@ def test_step_is_sharding_invariant():
   for n in (1, 2, 8):
     mesh = sharding.make_mesh(jax.devices()[:n])
     trainer = train.make_trainer(config, mesh)
-    step = jax.jit(train.make_step_fn(config, trainer.graphdef, trainer.tx, trainer.schedule, mesh,
-                                      return_grads=True), compiler_options=FAST)
+    step = jax.jit(train.make_train_step(config, mesh, trainer.graphdef, trainer.tx, trainer.schedule,
+                                         return_grads=True), compiler_options=FAST)
     state = trainer.init()
-    init_model = jax.device_get(state["model"])
+    init_model = jax.device_get(train.model_state(state))
     new_state, metrics, grads = step(state, sharding.global_batch_from_local(batch, mesh))
     results[n] = jax.device_get((init_model, metrics, grads, new_state))
   for n in (2, 8):
@@ -81,12 +81,13 @@ def test_step_is_sharding_invariant():
     for k in metrics_1:
       np.testing.assert_allclose(metrics_n[k], metrics_1[k], rtol=1e-5, err_msg=k)
     _assert_trees_close(grads_1, grads_n, rtol=1e-5, what=f"gradients, 1 vs {n} devices")
-    _assert_trees_close(state_1["model"], state_n["model"], rtol=1e-5, what=f"updated model, 1 vs {n}")
+    _assert_trees_close(train.model_state(state_1), train.model_state(state_n), rtol=1e-5,
+                        what=f"updated model, 1 vs {n}")
     _assert_trees_close(state_1["opt_state"], state_n["opt_state"], rtol=1e-5, what=f"opt state, 1 vs {n}")
   # The step did something: parameters moved and the loss is a real contrastive loss.
   assert 0 < results[1][1]["loss"] < 2 * math.log(config.train.global_batch_size)
   moved = [np.max(np.abs(a - b)) for a, b in zip(jax.tree.leaves(results[1][0]),
-                                                 jax.tree.leaves(results[1][3]["model"]))]
+                                                 jax.tree.leaves(train.model_state(results[1][3])))]
   assert max(moved) > 0
 
 
@@ -345,8 +346,22 @@ def test_learned_temperature_trains_and_is_checkpointed(tmp_path):
   assert temps[0] == pytest.approx(0.1, rel=1e-6)  # Step 1 uses the initial value...
   assert temps[1] != temps[0]  # ...which the first update moved.
   state, _ = _restore_all(str(tmp_path / "t"), 6, config)
-  assert np.isfinite(state["log_inv_temperature"]) and np.exp(-float(state["log_inv_temperature"])) != 0.1
-  assert "log_inv_temperature" in state and "log_inv_temperature" in state["opt_state"][0].mu
+  t = state["params"]["log_inv_temperature"]
+  assert np.isfinite(t) and np.exp(-float(t)) != 0.1
+  # One tree for the parameters and the optimizer: the temperature sits next to the model in both.
+  assert set(state["params"]) == {"model", "log_inv_temperature"}
+  assert set(state["opt_state"][0].mu) == {"model", "log_inv_temperature"}
+  # The same state in the layout of older runs (the temperature beside the whole model state) restores to it.
+  old = {"model": train.model_state(state), "opt_state": state["opt_state"], "step": state["step"],
+         "log_inv_temperature": state["params"]["log_inv_temperature"]}
+  manager = checkpoints.make_manager(tmp_path / "old")
+  checkpoints.save(manager, 6, old)
+  manager.wait_until_finished()
+  trainer = train.make_trainer(config, sharding.make_mesh())
+  assert checkpoints.is_old_layout(manager, 6)
+  restored = jax.device_get(checkpoints.restore_train_state(manager, 6, trainer.abstract_state))
+  manager.close()
+  _assert_trees_close(state, restored, rtol=0, what="old layout with a learned temperature")
 
 
 def test_learned_temperature_recovers_from_its_clamp():
@@ -359,15 +374,16 @@ def test_learned_temperature_recovers_from_its_clamp():
   config.optim.learning_rate = 0.1  # Adam moves the scalar by about this much per step.
   mesh = sharding.make_mesh(jax.devices()[:1])
   trainer = train.make_trainer(config, mesh)
-  step = jax.jit(train.make_step_fn(config, trainer.graphdef, trainer.tx, trainer.schedule, mesh,
-                                    return_grads=True), compiler_options=FAST)
+  step = jax.jit(train.make_train_step(config, mesh, trainer.graphdef, trainer.tx, trainer.schedule,
+                                       return_grads=True), compiler_options=FAST)
   state = trainer.init()
   past = train.MAX_LOG_INV_TEMPERATURE + 1.0  # Temperature 0.0037, below the 0.01 clamp.
-  state["log_inv_temperature"] = jax.device_put(np.float32(past), trainer.state_sharding["log_inv_temperature"])
+  state["params"]["log_inv_temperature"] = jax.device_put(
+      np.float32(past), trainer.state_sharding["params"]["log_inv_temperature"])
   params, grads_seen = [], []
   for s in range(4):
     state, metrics, grads = step(state, sharding.global_batch_from_local(tiny_data.global_batch(s, config), mesh))
-    params.append(float(state["log_inv_temperature"]))
+    params.append(float(state["params"]["log_inv_temperature"]))
     grads_seen.append(float(grads["log_inv_temperature"]))
     assert float(metrics["temperature"]) >= train.MIN_TEMPERATURE * (1 - 1e-6)
   assert all(g != 0 for g in grads_seen), grads_seen
