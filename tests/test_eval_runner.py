@@ -136,7 +136,7 @@ def test_eval_config_errors_name_field(tmp_path):
     runner.evaluate_model(model, c, step=0, out_dir=None)
   c.eval.probe = "linear"
   c.eval.features = "penultimate"
-  with pytest.raises(ValueError, match="config.eval.features must be one of"):
+  with pytest.raises(ValueError, match="config.eval.features='penultimate' must be one of"):
     runner.evaluate_model(model, c, step=0, out_dir=None)
   c.eval.features = "pooled"
   c.eval.tasks = ("keyword", "speaker")

@@ -148,12 +148,12 @@ def test_absent_encoder_input_is_a_clear_error():
 
 
 @pytest.mark.parametrize("field,value,msg", [
-    ("logmel.name", "vgg", r"config.model.logmel.name must be one of"),
-    ("logmel.width", 0, r"config.model.logmel.width must be an integer >= 1"),
+    ("logmel.name", "vgg", r"config.model.logmel.name='vgg' must be one of"),
+    ("logmel.width", 0, r"config.model.logmel.width=0 must be an integer >= 1"),
     ("video.blocks", (), r"config.model.video.blocks"),
-    ("video.shift_fraction", 0.7, r"config.model.video.shift_fraction must be in \[0, 0.5\]"),
+    ("video.shift_fraction", 0.7, r"config.model.video.shift_fraction=0.7 must be a finite number in \[0, 0.5\]"),
     ("head_hidden", -1, r"config.model.head_hidden"),
-    ("dtype", "float16", r"config.model.dtype must be one of"),
+    ("dtype", "float16", r"config.model.dtype='float16' must be one of"),
 ])
 def test_bad_config_names_the_field(field, value, msg):
   c = _cfg(**{field: value})
