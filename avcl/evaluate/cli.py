@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 
+from avcl import checkpoints
 from avcl.evaluate import config as eval_config
 from avcl.evaluate import curve, runner
 from avcl.evaluate import tasks as tasks_lib
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
                "eval.audioset_dir": args.audioset_dir,
                "eval.max_examples_per_split": args.max_examples_per_split}
   if any(v is not None for v in overrides.values()):
-    config = eval_config.with_eval_defaults(runner.load_run_config(args.workdir))
+    config = eval_config.with_eval_defaults(checkpoints.load_config(args.workdir))
     for key, value in overrides.items():
       if value is not None:
         section, field = key.split(".")
