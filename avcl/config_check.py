@@ -43,17 +43,8 @@ def _get(node: Any, path: str) -> Any:
   return node
 
 
-def _range_text(lo, hi) -> str:
-  if lo is not None and hi is not None:
-    return f"in [{lo}, {hi}]"
-  if lo is not None:
-    return f">= {lo}"
-  if hi is not None:
-    return f"<= {hi}"
-  return ""
-
-
-def _interval_text(lo, hi, lo_open, hi_open) -> str:
+def _interval_text(lo, hi, lo_open=False, hi_open=False) -> str:
+  """ "in [lo, hi)", "> lo", ... for the bounds that are not None."""
   if lo is not None and hi is not None:
     return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
   if lo is not None:
@@ -137,7 +128,7 @@ class Checker:
 
   def integer(self, path: str, lo: int | None = None, hi: int | None = None, *, why: str = "", **kw) -> Any:
     return self.check(path, lambda v: is_int(v) and (lo is None or v >= lo) and (hi is None or v <= hi),
-                      "be an integer " + _range_text(lo, hi) + why, **kw)
+                      "be an integer " + _interval_text(lo, hi) + why, **kw)
 
   def real(self, path: str, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
            hi_open: bool = False, why: str = "", **kw) -> Any:

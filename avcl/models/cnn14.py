@@ -22,7 +22,6 @@ from avcl.models.conv import conv, he_normal
 from avcl.models.pooling import avg_pool, max_plus_mean_over_time, smooth_time
 from avcl.models.stack import run_blocks
 
-
 NAME = "cnn14"  # config.model.logmel.name
 SLOT = "logmel"
 MAX_DEPTH = 8  # Blocks 1..depth-1 halve the mel axis: 8 blocks need 128 mel bins.
@@ -31,10 +30,7 @@ MAX_DEPTH = 8  # Blocks 1..depth-1 halve the mel axis: 8 blocks need 128 mel bin
 def check_config(c: config_check.Checker, named: bool) -> None:
   """Its fields of config.model.logmel (`c`); named: the slot names this encoder (its own limits apply)."""
   c.integer("width", 1)
-  if named:
-    c.integer("depth", 1, MAX_DEPTH, why=" for cnn14")
-  else:
-    c.integer("depth", 1)
+  c.integer("depth", 1, MAX_DEPTH if named else None, why=f" for {NAME}" if named else "")
 
 
 def build(cfg, audio_cfg, **common) -> "Cnn14":

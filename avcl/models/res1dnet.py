@@ -37,10 +37,7 @@ SLOT = "wave"
 def check_config(c: config_check.Checker, named: bool) -> None:
   """Its fields of config.model.wave (`c`); named: the slot names this encoder (its own limits apply)."""
   c.integer("width", 1)
-  if named:
-    c.integer("depth", 1, MAX_DEPTH, why=" for res1dnet31")
-  else:
-    c.integer("depth", 1)
+  c.integer("depth", 1, MAX_DEPTH if named else None, why=f" for {NAME}" if named else "")
 
 
 def build(cfg, audio_cfg, **common) -> "Res1dNet":

@@ -18,7 +18,6 @@ from avcl.models.conv import conv
 from avcl.models.pooling import max_plus_mean_over_time
 from avcl.models.stack import run_blocks
 
-
 NAME = "resnet"  # config.model.logmel.name
 SLOT = "logmel"
 

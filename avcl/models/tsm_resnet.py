@@ -29,7 +29,6 @@ from avcl.models.batch_norm import BatchNorm
 from avcl.models.conv import conv
 from avcl.models.stack import run_blocks
 
-
 NAME = "tsm_resnet"  # config.model.video.name
 SLOT = "video"
 
