@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from avcl import config_validation
 from avcl.models import BatchNorm, build_model, count_params, model_summary, param_counts, set_bn_groups
+from avcl.models import model as model_lib
 from avcl.models.conv import ConvImpl
 from avcl.models.tsm_resnet import TSMResNet, stem_downsampling, temporal_shift
 from configs.default import get_config
@@ -159,6 +161,23 @@ def test_bad_config_names_the_field(field, value, msg):
   c = _cfg(**{field: value})
   with pytest.raises(ValueError, match=msg):
     build_model(c.model, c.audio, rngs=nnx.Rngs(0))
+
+
+def test_each_encoder_owns_its_name_and_limits():
+  """Encoders are listed once (model.ENCODER_MODULES); each checks its own limits, whoever asks."""
+  assert model_lib.ENCODERS == {"logmel": ("cnn14", "resnet"), "wave": ("res1dnet31",), "video": ("tsm_resnet",)}
+  c = _cfg(**{"logmel.depth": 9})
+  with pytest.raises(ValueError, match=r"config.model.logmel.depth=9 must be an integer in \[1, 8\] for cnn14"):
+    build_model(c.model, c.audio, rngs=nnx.Rngs(0))
+  with pytest.raises(config_validation.ConfigError, match=r"model.logmel.depth=9 must be an integer in \[1, 8\]"):
+    config_validation.validate_config(c)
+  c.model.logmel.name = "resnet"  # No depth limit of its own: depth 9 is accepted by the check.
+  c.eval.features = "pooled"
+  config_validation.validate_config(c)
+  c = _cfg(**{"wave.name": "res1dnet31", "wave.depth": 8})
+  with pytest.raises(config_validation.ConfigError, match=r"model.wave.depth=8 must be an integer in \[1, 7\] "
+                     "for res1dnet31"):
+    config_validation.validate_config(c)
 
 
 def test_cnn14_too_few_mels_or_frames():

@@ -50,8 +50,10 @@ def test_eval_results_and_run_config_on_a_url():
   """The evaluation writes results.{json,md,png} and reads config.json through the same layer as gs://."""
   workdir = "ram://avcl-test-eval-run"
   paths.makedirs(workdir)
-  paths.write_text(paths.join(workdir, "config.json"), json.dumps({"seed": 7, "audio": {"sample_rate": 8000}}))
+  paths.write_text(paths.join(workdir, "config.json"),
+                   json.dumps({"seed": 7, "audio": {"sample_rate": 8000}, "model": {"video": {"blocks": [1, 2]}}}))
   assert checkpoints.load_config(workdir).audio.sample_rate == 8000
+  assert checkpoints.load_config(workdir).model.video.blocks == (1, 2)  # JSON lists back to tuples.
   with pytest.raises(FileNotFoundError, match="not an avcl training workdir"):
     checkpoints.load_config("ram://avcl-test-nothing-here")
   results = {"checkpoint_step": 3, "tasks": {"keyword": {"metric": "accuracy", "n_train": 4, "n_test": 2,
