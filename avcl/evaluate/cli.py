@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--workdir", required=True, help="training run directory (config.json, checkpoints/)")
   p.add_argument("--tasks", nargs="+", default=None,
                  help="tasks to evaluate, space- or comma-separated (default: the run's config.eval.tasks)")
-  p.add_argument("--probe", choices=("linear", "mlp"), default=None, help="default: config.eval.probe")
+  p.add_argument("--probe", choices=eval_config.PROBES, default=None, help="default: config.eval.probe")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   p.add_argument("--finetune", action="store_true", help="also fine-tune the whole encoder (slow on CPU)")
   p.add_argument("--curve", action="store_true",
