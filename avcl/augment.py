@@ -48,7 +48,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from avcl import sharding
+from avcl import config_check, sharding
 
 # ImageNet statistics (RGB, on [0, 1] pixels): the usual input normalisation of (TSM-)ResNets.
 VIDEO_MEAN = (0.485, 0.456, 0.406)
@@ -245,27 +245,26 @@ def normalize_frames(frames: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------
 # The train step's entry point.
 # ----------------------------------------------------------------------------------------------------
+def check_config(c: config_check.Checker) -> None:
+  """The `augment.*` fields (`c` on config.augment); with the whole config, freq_mask_bins <= audio.n_mels."""
+  c.boolean("mix.enabled")
+  c.choice("mix.partner", PARTNERS)
+  c.choice("mix.distribution", DISTRIBUTIONS)
+  c.real("mix.alpha", 0, lo_open=True)
+  c.real("mix.max_weight", 0, 0.5, why=" (the primary sample must dominate)")
+  c.choice("mix.audio_domain", AUDIO_DOMAINS)
+  c.boolean("mix.video")
+  c.real("gain_db", 0, 60)
+  c.integer("time_masks", 0)
+  c.integer("time_mask_frames", 0)
+  c.integer("freq_masks", 0)
+  n_mels = c.root.peek("audio.n_mels") if c.root else None
+  c.integer("freq_mask_bins", 0, n_mels if config_check.is_int(n_mels) else None)
+
+
 def validate_config(aug_cfg, prefix: str = "config.augment.") -> None:
-  """Raises ValueError naming the first field of `config.augment` that is out of range."""
-  m = aug_cfg.mix
-  def bad(name, value, allowed):
-    raise ValueError(f"{prefix}{name}={value!r} is out of range: must be {allowed}")
-  if m.partner not in PARTNERS:
-    bad("mix.partner", m.partner, f"one of {PARTNERS}")
-  if m.distribution not in DISTRIBUTIONS:
-    bad("mix.distribution", m.distribution, f"one of {DISTRIBUTIONS}")
-  if not m.alpha > 0:
-    bad("mix.alpha", m.alpha, "> 0")
-  if not 0.0 <= m.max_weight <= 0.5:
-    bad("mix.max_weight", m.max_weight, "in [0, 0.5] (the primary sample must dominate)")
-  if m.audio_domain not in AUDIO_DOMAINS:
-    bad("mix.audio_domain", m.audio_domain, f"one of {AUDIO_DOMAINS}")
-  if not aug_cfg.gain_db >= 0:
-    bad("gain_db", aug_cfg.gain_db, ">= 0")
-  for name in ("time_masks", "time_mask_frames", "freq_masks", "freq_mask_bins"):
-    value = getattr(aug_cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-      bad(name, value, "an integer >= 0")
+  """Raises ConfigError (a ValueError) naming every field of `config.augment` that is out of range."""
+  config_check.validate(check_config, aug_cfg, prefix)
 
 
 def _plan(key, b, aug_cfg, num_shards):

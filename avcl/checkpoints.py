@@ -186,11 +186,17 @@ def _tuples(x: Any) -> Any:
   return x
 
 
+class ConfigNotFoundError(CheckpointError, FileNotFoundError):
+  """WORKDIR has no config.json: it is not a training workdir."""
+
+
 def load_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
-  path = epath.Path(workdir) / CONFIG_FILE
-  if not path.exists():
-    raise CheckpointError(f"{path} not found: {workdir} is not a training workdir (no config.json)")
-  return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+  """The run's config from WORKDIR/config.json (written by training), JSON lists back to tuples; the one
+  reader of a stored config. Local or remote (gs://, ram://: through data_pipeline.paths)."""
+  path = paths.join(os.fspath(workdir), CONFIG_FILE)
+  if not paths.exists(path):
+    raise ConfigNotFoundError(f"{path} not found: {workdir!r} is not an avcl training workdir (no config.json)")
+  return ml_collections.ConfigDict(_tuples(json.loads(paths.read_text(path))))
 
 
 # Initial model and CPU-seconds ---------------------------------------------------------------------------
@@ -220,10 +226,9 @@ def read_initial_model(workdir: str | epath.Path, target: dict) -> dict | None:
     state = serialization.from_state_dict(target, stored)
   except (ValueError, KeyError) as e:
     raise CheckpointError(f"{path} does not match the config's architecture: {e}") from e
-  want, got = _flat_shapes(target), _flat_shapes(state)
-  for k in want:
-    if want[k] != got.get(k):
-      raise CheckpointError(f"{path}: {k} has shape {got.get(k)}, the config's architecture needs {want[k]}")
+  problems = shape_problems(state, target)
+  if problems:
+    raise CheckpointError(f"{path} does not match the config's architecture:\n  " + "\n  ".join(problems))
   return state
 
 
@@ -326,17 +331,23 @@ def _stored_tree(manager: ocp.CheckpointManager, step: int) -> Any:
   return metadata.tree if hasattr(metadata, "tree") else metadata
 
 
+def shape_problems(stored: Any, wanted: Any) -> list[str]:
+  """One line for every entry of `wanted` (a pytree of arrays or ShapeDtypeStructs: what the config's
+  architecture needs) that `stored` lacks or holds with another shape: the one shape check of a restore."""
+  have, need = _flat_shapes(stored), _flat_shapes(wanted)
+  problems = []
+  for path, shape in need.items():
+    if path not in have:
+      problems.append(f"{path}: expected by the config with shape {shape}, absent from the checkpoint")
+    elif have[path] != shape:
+      problems.append(f"{path}: checkpoint has shape {have[path]}, the config's architecture needs {shape}")
+  return problems
+
+
 def check_shapes(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
   """Raises CheckpointError naming every parameter whose stored shape differs from `abstract_state`'s,
   and every parameter the config expects that the checkpoint lacks."""
-  stored = _flat_shapes(_stored_tree(manager, step))
-  wanted = _flat_shapes(abstract_state)
-  problems = []
-  for path, shape in wanted.items():
-    if path not in stored:
-      problems.append(f"{path}: expected by the config with shape {shape}, absent from the checkpoint")
-    elif stored[path] != shape:
-      problems.append(f"{path}: checkpoint has shape {stored[path]}, the config's architecture needs {shape}")
+  problems = shape_problems(_stored_tree(manager, step), abstract_state)
   if problems:
     shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
     raise CheckpointError(

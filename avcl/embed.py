@@ -31,7 +31,6 @@ audio track), corrupt (decoding failed), non_finite (NaN or Inf samples).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -410,12 +409,7 @@ def load_module(*, workdir: str | None = None, checkpoint: str | None = None, sa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m avcl.embed", description=__doc__.split("\n\n")[0],
-                              epilog=__doc__.split("\n\n", 1)[1],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  model = p.add_mutually_exclusive_group(required=True)
-  model.add_argument("--workdir", help="training workdir (its newest checkpoint), local or gs://")
-  model.add_argument("--checkpoint", help="a WORKDIR/checkpoints/<step> directory")
+  p, model = hear.command_line("python -m avcl.embed", __doc__)
   model.add_argument("--saved-model", help="a SavedModel written by python -m avcl.export")
   p.add_argument("--input", nargs="+", required=True, help="audio/video files and/or folders (recursive)")
   p.add_argument("--output", required=True, help="output folder (local or gs://)")

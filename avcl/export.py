@@ -29,7 +29,6 @@ yet", TensorFlow 2.21); at fixed shapes it converts with TFLite's built-in ops o
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -123,12 +122,7 @@ def export(model_path: str, output: str, *, tflite: bool = True, tflite_batch: i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m avcl.export", description=__doc__.split("\n\n")[0],
-                              epilog=__doc__.split("\n\n", 1)[1],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--workdir", help="training workdir (its newest checkpoint), local or gs://")
-  src.add_argument("--checkpoint", help="a WORKDIR/checkpoints/<step> directory")
+  p, _ = hear.command_line("python -m avcl.export", __doc__)
   p.add_argument("--output", required=True, help="SavedModel directory to write (local or gs://)")
   p.add_argument("--no-tflite", action="store_true", help="no TFLite window models")
   p.add_argument("--tflite-batch", type=int, default=1, help="windows per TFLite call (fixed; default 1)")

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avcl import config_check
+
 MEL_SCALES = ("slaney", "htk")
 # config.audio.stft -> log_mel_spectrogram(dft=...).
 STFT_IMPLS = {"fft": "rfft", "matmul": "matmul"}
@@ -127,28 +129,38 @@ def num_frames(num_samples: int, *, n_fft: int, hop_length: int, center: bool = 
   return 1 + (padded - n_fft) // hop_length
 
 
+def check_config(c: config_check.Checker) -> None:
+  """The `audio.*` fields (`c` on config.audio); with the whole config, also data.clip_seconds >= n_fft."""
+  sr = c.integer("sample_rate", 1)
+  n_fft = c.integer("n_fft", 2)
+  c.integer("win_length", 1, n_fft if config_check.is_int(n_fft) else None)
+  c.integer("hop_length", 1)
+  c.integer("n_mels", 1)
+  fmax = c.peek("fmax")
+  nyquist = sr / 2 if config_check.is_int(sr) and sr > 0 else None
+  # fmax None (Nyquist) is accepted from code and stored configs, never in a training config.
+  top = fmax if config_check.is_real(fmax) else (nyquist if fmax is None else None)
+  c.real("fmin", 0, top, hi_open=True)
+  if fmax is not None or c.strict:
+    c.real("fmax", 0, nyquist, lo_open=True)
+  c.choice("mel_scale", MEL_SCALES)
+  c.real("log_offset", 0, lo_open=True, why=" (log(0) is -inf)")
+  c.choice("stft", tuple(STFT_IMPLS), default="fft")  # Configs saved before `audio.stft` used the FFT.
+  clip_s = c.root.peek("data.clip_seconds") if c.root else None
+  if (config_check.is_int(sr) and config_check.is_int(n_fft) and config_check.is_real(clip_s) and clip_s > 0
+      and clip_s * sr < n_fft):
+    c.root.fail("data.clip_seconds", clip_s, f"give at least audio.n_fft={n_fft} samples at {sr} Hz")
+
+
 def validate_params(*, sample_rate, n_fft, win_length, hop_length, n_mels, fmin, fmax, mel_scale,
                     log_offset, prefix: str = "") -> None:
-  """Raises ValueError naming the first out-of-range parameter (prefix: e.g. "config.audio.")."""
-  def bad(name, value, allowed):
-    raise ValueError(f"{prefix}{name}={value!r} is out of range: must be {allowed}")
+  """Raises ConfigError (a ValueError) naming every out-of-range parameter (prefix: e.g. "config.audio.").
 
-  for name, value in (("sample_rate", sample_rate), ("n_fft", n_fft), ("win_length", win_length),
-                      ("hop_length", hop_length), ("n_mels", n_mels)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-      bad(name, value, "a positive integer")
-  if win_length > n_fft:
-    bad("win_length", win_length, f"<= n_fft ({n_fft})")
-  nyquist = sample_rate / 2.0
-  if fmax is not None and not 0.0 < fmax <= nyquist:
-    bad("fmax", fmax, f"in (0, sample_rate / 2 = {nyquist}]")
-  top = nyquist if fmax is None else fmax
-  if not 0.0 <= fmin < top:
-    bad("fmin", fmin, f"in [0, fmax = {top})")
-  if mel_scale not in MEL_SCALES:
-    bad("mel_scale", mel_scale, f"one of {MEL_SCALES}")
-  if not (isinstance(log_offset, (int, float)) and log_offset > 0.0):
-    bad("log_offset", log_offset, "a positive float (log(0) is -inf)")
+  fmax None means Nyquist.
+  """
+  params = dict(sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
+                n_mels=n_mels, fmin=fmin, fmax=fmax, mel_scale=mel_scale, log_offset=log_offset)
+  config_check.validate(check_config, params, prefix)
 
 
 def _frames(audio: jax.Array, *, win_length: int, hop_length: int, start: int, count: int) -> jax.Array:
@@ -228,15 +240,11 @@ def from_config(audio_cfg) -> Callable[[jax.Array], jax.Array]:
 
   `config.audio.stft` picks the DFT: "fft" (`dft="rfft"`) or "matmul" (`dft="matmul"`); missing means "fft".
   """
+  config_check.validate(check_config, audio_cfg, "config.audio.")
   params = dict(sample_rate=audio_cfg.sample_rate, n_fft=audio_cfg.n_fft,
                 win_length=audio_cfg.win_length, hop_length=audio_cfg.hop_length,
-                n_mels=audio_cfg.n_mels, fmin=audio_cfg.fmin, fmax=audio_cfg.fmax,
-                mel_scale=audio_cfg.mel_scale, log_offset=audio_cfg.log_offset)
-  validate_params(**params, prefix="config.audio.")
+                n_mels=audio_cfg.n_mels, fmin=float(audio_cfg.fmin), log_offset=float(audio_cfg.log_offset),
+                fmax=None if audio_cfg.fmax is None else float(audio_cfg.fmax), mel_scale=audio_cfg.mel_scale)
   # Configs saved before `audio.stft` existed computed the STFT with the FFT.
   stft = getattr(audio_cfg, "stft", "fft")
-  if stft not in STFT_IMPLS:
-    raise ValueError(f"config.audio.stft={stft!r} is out of range: must be one of {tuple(STFT_IMPLS)}")
-  params.update(fmin=float(params["fmin"]), log_offset=float(params["log_offset"]),
-                fmax=None if params["fmax"] is None else float(params["fmax"]))
   return functools.partial(log_mel_spectrogram, **params, dft=STFT_IMPLS[stft])

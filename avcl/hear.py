@@ -24,6 +24,7 @@ Embeddings (see avcl/evaluate/embed.py for the same definitions in numpy/JAX):
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 
@@ -233,5 +234,17 @@ def numpy_reference(model, config):
                             timestamp_hop_seconds=e.timestamp_hop_seconds, layer=e.features)
 
 
-__all__ = ["AvclHearModel", "export_saved_model", "get_scene_embeddings", "get_timestamp_embeddings",
+def command_line(prog: str, doc: str) -> tuple[argparse.ArgumentParser, argparse._MutuallyExclusiveGroup]:
+  """(parser, source group) of a command on a trained audio encoder (avcl.embed, avcl.export): its help is
+  the module docstring `doc` (first paragraph, then the rest), and the encoder comes from exactly one of
+  --workdir and --checkpoint, the paths `load_model` takes (a command may add sources to the group)."""
+  p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--workdir", help="training workdir (its newest checkpoint), local or gs://")
+  source.add_argument("--checkpoint", help="a WORKDIR/checkpoints/<step> directory")
+  return p, source
+
+
+__all__ = ["AvclHearModel", "command_line", "export_saved_model", "get_scene_embeddings", "get_timestamp_embeddings",
            "load_model"]

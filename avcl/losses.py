@@ -32,6 +32,7 @@ block being received (2 b d, or b d with loss.transit_dtype "bfloat16"), for "ti
 (B d; half in bfloat16) and what XLA keeps next to them, and [tile, tile] score tiles.
 """
 import functools
+import math
 from collections.abc import Mapping
 
 import jax
@@ -40,9 +41,10 @@ import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from avcl import config_check
+
 IMPLS = ("plain", "tiled", "ring")
 TRANSIT_DTYPES = ("float32", "bfloat16")
-EMBEDDING_KEYS = ("logmel", "logmel2", "wave", "video")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -345,20 +347,74 @@ _pair_rows.defvjp(_pair_rows_fwd, _pair_rows_bwd)
 # ----------------------------------------------------------------------------------------------------
 # The loss the train step calls.
 # ----------------------------------------------------------------------------------------------------
+def split_pair(name: str) -> tuple[str, str] | None:
+  """The two embeddings a pair "a_b" compares, or None when `name` is not two different names: the one
+  parser of `loss.pairs` names."""
+  parts = name.split("_")
+  if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+    return None
+  return parts[0], parts[1]
+
+
+def _weight_ok(weight) -> bool:
+  return config_check.is_real(weight) and math.isfinite(weight) and weight >= 0
+
+
 def enabled_pairs(pairs: Mapping[str, float]) -> dict[str, tuple[str, str, float]]:
   """{"a_b": weight} -> {"a_b": (a, b, weight)} for weight > 0; errors name the bad pair."""
   out = {}
   for name, weight in dict(pairs).items():
-    parts = name.split("_")
-    if len(parts) != 2 or not all(parts):
-      raise ValueError(f"loss.pairs: pair name {name!r} must be 'a_b' with a, b in {EMBEDDING_KEYS}")
-    if not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight >= 0):
+    parts = split_pair(name)
+    if parts is None:
+      raise ValueError(f"loss.pairs: pair name {name!r} must be 'a_b' with a != b, two embedding names")
+    if not _weight_ok(weight):
       raise ValueError(f"loss.pairs.{name}={weight!r} is out of range: must be a finite weight >= 0")
     if weight > 0:
-      out[name] = (parts[0], parts[1], float(weight))
+      out[name] = (*parts, float(weight))
   if not out:
     raise ValueError(f"loss.pairs: no pair has a weight > 0 ({dict(pairs)})")
   return out
+
+
+def pair_inputs(pairs: Mapping[str, float]) -> set[str]:
+  """The embeddings the enabled pairs compare (the model inputs a step must compute)."""
+  return {k for a, b, _ in enabled_pairs(pairs).values() for k in (a, b)}
+
+
+def check_config(c: config_check.Checker, input_encoder: Mapping[str, str],
+                 present: Mapping[str, bool | None]) -> None:
+  """The `loss.*` fields (`c` on config.loss).
+
+  input_encoder: embedding name -> the model slot that computes it (avcl.models.model.INPUT_ENCODER);
+  present: {slot: whether config.model names an encoder there, None when the name is unknown (already
+  reported)}, as avcl.models.model.check_config returns it.
+  """
+  pairs = c.check("pairs", lambda v: hasattr(v, "items"), "be a mapping {'a_b': weight}")
+  if hasattr(pairs, "items"):
+    active = 0
+    for key, weight in pairs.items():
+      path = f"pairs.{key}"
+      parts = split_pair(key)
+      if parts is None or any(p not in input_encoder for p in parts):
+        c.error(f"{c.label(path)}: pair names must be 'a_b' with a != b among {', '.join(input_encoder)}")
+        continue
+      if not _weight_ok(weight):
+        c.fail(path, weight, "be a finite number >= 0 (0 disables the pair)")
+        continue
+      if weight > 0:
+        active += 1
+        for slot in (input_encoder[p] for p in parts):
+          if present.get(slot) is False:
+            c.fail(path, weight, f"be 0 because model.{slot}.name is not set (the pair needs the {slot} encoder)")
+    if active == 0:
+      c.error(f"{c.label('pairs')}: at least one pair must have a weight > 0")
+  c.real("temperature", 0, lo_open=True)
+  c.boolean("learn_temperature")
+  impl = c.choice("impl", IMPLS)
+  c.integer("tile_size", 1)
+  transit = c.choice("transit_dtype", TRANSIT_DTYPES)
+  if transit == "bfloat16" and impl == "plain":
+    c.fail("transit_dtype", transit, "be 'float32' when loss.impl is 'plain' (bfloat16 is for 'tiled'/'ring')")
 
 
 def _pair_sums(za, zb, inv_t, *, impl, tile, axis, n, gathered, transit):

@@ -16,6 +16,24 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from avcl import config_check
+
+OPTIMIZERS = ("adamw", "lars")
+
+
+def check_config(c: config_check.Checker) -> None:
+  """The `optim.*` fields (`c` on config.optim); with the whole config, warmup_steps < train.num_steps."""
+  c.choice("name", OPTIMIZERS)
+  c.real("learning_rate", 0, lo_open=True)
+  num_steps = c.root.peek("train.num_steps") if c.root else None
+  c.integer("warmup_steps", 0, num_steps - 1 if config_check.is_int(num_steps) and num_steps >= 1 else None)
+  c.real("end_learning_rate_fraction", 0, 1)
+  c.real("weight_decay", 0)
+  c.real("b1", 0, 1, hi_open=True)
+  c.real("b2", 0, 1, hi_open=True)
+  c.real("lars_trust_coefficient", 0, lo_open=True)
+  c.real("grad_clip_norm", 0)
+
 
 def learning_rate_schedule(optim_cfg: ml_collections.ConfigDict, num_steps: int) -> Callable[[Any], Any]:
   """lr(step): linear warm-up to the peak over `warmup_steps`, then cosine decay to
@@ -66,7 +84,7 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict, num_steps: int
                     trust_coefficient=optim_cfg.lars_trust_coefficient, trust_ratio_mask=decay_mask,
                     momentum=optim_cfg.b1)
   else:
-    raise ValueError(f"optim.name={name!r} must be one of 'adamw', 'lars'")
+    raise ValueError(f"optim.name={name!r} must be one of {', '.join(map(repr, OPTIMIZERS))}")
   if optim_cfg.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip_norm), tx)
   return tx, schedule

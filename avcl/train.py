@@ -87,11 +87,11 @@ def model_state(state: dict) -> dict:
 
 def _pairs(config: ml_collections.ConfigDict) -> dict[str, float]:
   """The enabled InfoNCE pairs {"a_b": weight > 0}."""
-  return {k: float(v) for k, v in config.loss.pairs.items() if v > 0}
+  return {name: weight for name, (_, _, weight) in losses.enabled_pairs(config.loss.pairs).items()}
 
 
 def _model_inputs_needed(config: ml_collections.ConfigDict) -> set[str]:
-  return {name for pair in _pairs(config) for name in pair.split("_")}
+  return losses.pair_inputs(config.loss.pairs)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -302,33 +302,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--output", required=True, help="Output folder (local or gs://) for shards and manifest.json.")
   p.add_argument("--labels", default=None, help="Label vocabulary CSV: name, or index,name[,alias...] rows.")
   p.add_argument("--strict", action="store_true", help="Fail the run (at the end) if any input was skipped.")
-  p.add_argument("--sample-rate", type=int, default=16000, help="Stored audio rate, Hz.")
-  p.add_argument("--fps", type=float, default=10.0, help="Stored frames per second.")
-  p.add_argument("--size", type=int, default=64, help="Stored frames are SIZE x SIZE (centre crop).")
-  p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of stored frames.")
-  p.add_argument("--shard-clips", type=int, default=256, help="Inputs per shard.")
-  p.add_argument("--split", default="train", help="Split name in the shard file names.")
-  p.add_argument("--skip-silent", action="store_true", help="Skip silent clips (default: keep and count).")
-  p.add_argument("--max-clip-seconds", type=float, default=10.0,
-                 help="Cut longer videos (or spans) into clips of at most this many seconds, one record each.")
-  p.add_argument("--timeout-s", type=float, default=ingest.DEFAULT_TIMEOUT_S,
-                 help="Time limit per input, seconds: a decoder past it is killed and the input skipped as "
-                 "'timeout'.")
+  ingest.add_arguments(p)
   args, pipeline_args = p.parse_known_args(argv)
   optional.exit_if_missing("apache_beam", "python -m data_pipeline.beam_ingest")
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  options = ingest.Options(sample_rate=args.sample_rate, fps=args.fps, size=args.size,
-                           jpeg_quality=args.jpeg_quality, skip_silent=args.skip_silent,
-                           max_clip_seconds=args.max_clip_seconds)
+  options = ingest.options_from_args(args)
   try:
     m = run(args.input, args.output, labels_csv=args.labels, options=options, shard_clips=args.shard_clips,
             split=args.split, strict=args.strict, pipeline_args=pipeline_args, timeout_s=args.timeout_s)
   except (ingest.IngestError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(f"{m['clips']} clips ({m['total_duration_s']:.1f} s, {m['silent_clips']} silent) from {m['inputs']} "
-        f"inputs in {len(m['shards'])} shards; skipped {m['skipped_count']} {m['skipped_by_reason']}; "
-        f"{_join(args.output, 'manifest.json')}")
+  print(ingest.summary_line(m, _join(args.output, 'manifest.json')))
   return 0
 
 

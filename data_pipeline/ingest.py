@@ -938,15 +938,8 @@ def ingest(input_path: str, output: str, *, labels_csv: str | None = None, optio
   return manifest
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m data_pipeline.ingest", description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog="See the module docstring (data_pipeline/ingest.py) for the details.")
-  p.add_argument("--input", required=True, help="Folder of videos (recursive) or CSV path[,start_s,end_s,labels].")
-  p.add_argument("--output", required=True, help="Output folder for shards, manifest.json and labels.csv.")
-  p.add_argument("--labels", default=None, help="Label vocabulary CSV: name, or index,name[,alias...] rows.")
-  p.add_argument("--strict", action="store_true", help="Stop with an error at the first bad input.")
-  p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Decoder processes (default: cores).")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  """The flags of `Options`, --shard-clips, --split and --timeout-s: the same in ingest and beam_ingest."""
   p.add_argument("--sample-rate", type=int, default=16000, help="Stored audio rate, Hz.")
   p.add_argument("--fps", type=float, default=10.0, help="Stored frames per second.")
   p.add_argument("--size", type=int, default=64, help="Stored frames are SIZE x SIZE (centre crop).")
@@ -959,11 +952,34 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
                  help="Time limit per input, seconds: a decoder past it is killed and the input skipped as "
                  "'timeout'.")
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+  return Options(sample_rate=args.sample_rate, fps=args.fps, size=args.size, jpeg_quality=args.jpeg_quality,
+                 skip_silent=args.skip_silent, max_clip_seconds=args.max_clip_seconds)
+
+
+def summary_line(m: dict, manifest_path: str) -> str:
+  """What a finished ingest prints: counts from its manifest `m`, and where the manifest is."""
+  return (f"{m['clips']} clips ({m['total_duration_s']:.1f} s, {m['silent_clips']} silent) from {m['inputs']} "
+          f"inputs in {len(m['shards'])} shards; skipped {m['skipped_count']} {m['skipped_by_reason']}; "
+          f"{manifest_path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m data_pipeline.ingest", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog="See the module docstring (data_pipeline/ingest.py) for the details.")
+  p.add_argument("--input", required=True, help="Folder of videos (recursive) or CSV path[,start_s,end_s,labels].")
+  p.add_argument("--output", required=True, help="Output folder for shards, manifest.json and labels.csv.")
+  p.add_argument("--labels", default=None, help="Label vocabulary CSV: name, or index,name[,alias...] rows.")
+  p.add_argument("--strict", action="store_true", help="Stop with an error at the first bad input.")
+  p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Decoder processes (default: cores).")
+  add_arguments(p)
   p.add_argument("--quiet", action="store_true", help="No progress bar or per-skip warnings.")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
-  options = Options(sample_rate=args.sample_rate, fps=args.fps, size=args.size, jpeg_quality=args.jpeg_quality,
-                    skip_silent=args.skip_silent, max_clip_seconds=args.max_clip_seconds)
+  options = options_from_args(args)
   try:
     m = ingest(args.input, args.output, labels_csv=args.labels, options=options, strict=args.strict,
                workers=args.workers, shard_clips=args.shard_clips, split=args.split,
@@ -971,9 +987,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (IngestError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(f"{m['clips']} clips ({m['total_duration_s']:.1f} s, {m['silent_clips']} silent) from {m['inputs']} "
-        f"inputs in {len(m['shards'])} shards; skipped {m['skipped_count']} {m['skipped_by_reason']}; "
-        f"{os.path.join(args.output, 'manifest.json')}")
+  print(summary_line(m, os.path.join(args.output, 'manifest.json')))
   return 0
 
 

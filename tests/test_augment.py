@@ -231,6 +231,17 @@ def test_bad_config_names_field(field, value):
     augment.validate_config(c)
 
 
+def test_bad_config_names_every_field_at_once():
+  """augment owns its section's checks: the same ones (and messages) as config_validation's report."""
+  c = copy.deepcopy(get_config().augment)
+  c.mix.max_weight = 0.7
+  c.time_masks = -1
+  with pytest.raises(ValueError) as e:
+    augment.validate_config(c)
+  assert "config.augment.mix.max_weight=0.7 must be a finite number in [0, 0.5]" in str(e.value)
+  assert "config.augment.time_masks=-1 must be an integer >= 0" in str(e.value)
+
+
 @pytest.mark.parametrize("partner", ["global", "gathered"])
 def test_augment_batch_log_domain_on_8_devices_equals_numpy(partner):
   """log-mixup-exp with partners' log-mels moved between devices, and the second view's own partners."""

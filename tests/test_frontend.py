@@ -6,7 +6,7 @@ import librosa
 import numpy as np
 import pytest
 
-from avcl import frontend
+from avcl import config_validation, frontend
 from configs.default import get_config
 
 SR = 16000
@@ -114,6 +114,19 @@ def test_from_config_rejects_bad_values(field, value, message):
   setattr(c, field, value)
   with pytest.raises(ValueError, match=f"config.audio.{message}"):
     frontend.from_config(c)
+
+
+def test_fmax_none_means_nyquist_outside_training_configs():
+  """Code and stored configs may leave fmax None (Nyquist); a training config must give it."""
+  frontend.validate_params(**dict(PARAMS, fmax=None), mel_scale="slaney")
+  with pytest.raises(ValueError, match=r"fmin=8000.0 must be a finite number in \[0, 8000.0\)"):
+    frontend.validate_params(**dict(PARAMS, fmax=None, fmin=8000.0), mel_scale="slaney")
+  c = get_config()
+  with c.audio.ignore_type():
+    c.audio.fmax = None
+  frontend.from_config(c.audio)
+  with pytest.raises(config_validation.ConfigError, match="audio.fmax=None must be a finite number"):
+    config_validation.validate_config(c)
 
 
 def test_bad_audio_shape():

@@ -174,10 +174,11 @@ def test_no_import_circle():
   assert not cycles, "import circles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
-def test_eval_config_names_match_their_owners():
-  """avcl.evaluate.config stays free of JAX (config files import it), so it keeps copies of two names."""
+def test_eval_config_names_are_the_owners_names():
+  """avcl.evaluate.config stays free of JAX (config files import it): the probe and layer names are defined
+  there once, and the modules that implement them use those names."""
   assert tuple(probes.PROBES) == eval_config.PROBES
-  assert model.ENCODE_LAYERS == eval_config.ENCODE_LAYERS
+  assert model.ENCODE_LAYERS is eval_config.ENCODE_LAYERS
 
 
 def test_config_files_load_without_jax():

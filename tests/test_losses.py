@@ -209,6 +209,22 @@ def test_same_embedding_in_two_pairs_and_second_view():
   assert set(m) == {"loss/logmel_logmel2", "top1/logmel_logmel2"}
 
 
+@pytest.mark.parametrize("name, parts", [("logmel_video", ("logmel", "video")), ("logmel_logmel", None),
+                                         ("logmel-video", None), ("a_b_c", None), ("_video", None)])
+def test_pair_names_are_parsed_in_one_place(name, parts):
+  """losses.split_pair is the one parser: the loss, the train step's inputs and the config check use it."""
+  assert losses.split_pair(name) == parts
+  config = default_config.get_config()
+  config.loss.pairs[name] = 1.0
+  if parts is None:
+    with pytest.raises(ValueError, match="must be 'a_b'"):
+      losses.enabled_pairs(config.loss.pairs)
+    with pytest.raises(config_validation.ConfigError, match=f"loss.pairs.{name}: pair names must be 'a_b'"):
+      config_validation.validate_config(config)
+  else:
+    assert losses.pair_inputs(config.loss.pairs) == {"logmel", "video"}
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(impl="fast"), "loss.impl"),
     (dict(tile_size=0), "loss.tile_size"),

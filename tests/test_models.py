@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from avcl import config_validation
 from avcl.models import BatchNorm, build_model, count_params, model_summary, param_counts, set_bn_groups
+from avcl.models import model as model_lib
 from avcl.models.conv import ConvImpl
 from avcl.models.tsm_resnet import TSMResNet, stem_downsampling, temporal_shift
 from configs.default import get_config
@@ -148,17 +150,34 @@ def test_absent_encoder_input_is_a_clear_error():
 
 
 @pytest.mark.parametrize("field,value,msg", [
-    ("logmel.name", "vgg", r"config.model.logmel.name must be one of"),
-    ("logmel.width", 0, r"config.model.logmel.width must be an integer >= 1"),
+    ("logmel.name", "vgg", r"config.model.logmel.name='vgg' must be one of"),
+    ("logmel.width", 0, r"config.model.logmel.width=0 must be an integer >= 1"),
     ("video.blocks", (), r"config.model.video.blocks"),
-    ("video.shift_fraction", 0.7, r"config.model.video.shift_fraction must be in \[0, 0.5\]"),
+    ("video.shift_fraction", 0.7, r"config.model.video.shift_fraction=0.7 must be a finite number in \[0, 0.5\]"),
     ("head_hidden", -1, r"config.model.head_hidden"),
-    ("dtype", "float16", r"config.model.dtype must be one of"),
+    ("dtype", "float16", r"config.model.dtype='float16' must be one of"),
 ])
 def test_bad_config_names_the_field(field, value, msg):
   c = _cfg(**{field: value})
   with pytest.raises(ValueError, match=msg):
     build_model(c.model, c.audio, rngs=nnx.Rngs(0))
+
+
+def test_each_encoder_owns_its_name_and_limits():
+  """Encoders are listed once (model.ENCODER_MODULES); each checks its own limits, whoever asks."""
+  assert model_lib.ENCODERS == {"logmel": ("cnn14", "resnet"), "wave": ("res1dnet31",), "video": ("tsm_resnet",)}
+  c = _cfg(**{"logmel.depth": 9})
+  with pytest.raises(ValueError, match=r"config.model.logmel.depth=9 must be an integer in \[1, 8\] for cnn14"):
+    build_model(c.model, c.audio, rngs=nnx.Rngs(0))
+  with pytest.raises(config_validation.ConfigError, match=r"model.logmel.depth=9 must be an integer in \[1, 8\]"):
+    config_validation.validate_config(c)
+  c.model.logmel.name = "resnet"  # No depth limit of its own: depth 9 is accepted by the check.
+  c.eval.features = "pooled"
+  config_validation.validate_config(c)
+  c = _cfg(**{"wave.name": "res1dnet31", "wave.depth": 8})
+  with pytest.raises(config_validation.ConfigError, match=r"model.wave.depth=8 must be an integer in \[1, 7\] "
+                     "for res1dnet31"):
+    config_validation.validate_config(c)
 
 
 def test_cnn14_too_few_mels_or_frames():

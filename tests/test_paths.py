@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from avcl.evaluate import report, runner
+from avcl import checkpoints
+from avcl.evaluate import report
 from data_pipeline import paths, schema, tf_cpu
 
 tf = tf_cpu.import_tf()
@@ -49,10 +50,12 @@ def test_eval_results_and_run_config_on_a_url():
   """The evaluation writes results.{json,md,png} and reads config.json through the same layer as gs://."""
   workdir = "ram://avcl-test-eval-run"
   paths.makedirs(workdir)
-  paths.write_text(paths.join(workdir, "config.json"), json.dumps({"seed": 7, "audio": {"sample_rate": 8000}}))
-  assert runner.load_run_config(workdir).audio.sample_rate == 8000
+  paths.write_text(paths.join(workdir, "config.json"),
+                   json.dumps({"seed": 7, "audio": {"sample_rate": 8000}, "model": {"video": {"blocks": [1, 2]}}}))
+  assert checkpoints.load_config(workdir).audio.sample_rate == 8000
+  assert checkpoints.load_config(workdir).model.video.blocks == (1, 2)  # JSON lists back to tuples.
   with pytest.raises(FileNotFoundError, match="not an avcl training workdir"):
-    runner.load_run_config("ram://avcl-test-nothing-here")
+    checkpoints.load_config("ram://avcl-test-nothing-here")
   results = {"checkpoint_step": 3, "tasks": {"keyword": {"metric": "accuracy", "n_train": 4, "n_test": 2,
                                                           "scores": {"pretrained": 0.5, "logmel": 0.25}}}}
   out = report.write(results, paths.join(workdir, "eval"), details={"x": 1})

@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 
+from avcl import checkpoints
 from avcl.evaluate import config as eval_config
 from avcl.evaluate import curve, runner
 from avcl.evaluate import tasks as tasks_lib
@@ -27,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--workdir", required=True, help="training run directory (config.json, checkpoints/)")
   p.add_argument("--tasks", nargs="+", default=None,
                  help="tasks to evaluate, space- or comma-separated (default: the run's config.eval.tasks)")
-  p.add_argument("--probe", choices=("linear", "mlp"), default=None, help="default: config.eval.probe")
+  p.add_argument("--probe", choices=eval_config.PROBES, default=None, help="default: config.eval.probe")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   p.add_argument("--finetune", action="store_true", help="also fine-tune the whole encoder (slow on CPU)")
   p.add_argument("--curve", action="store_true",
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
                "eval.audioset_dir": args.audioset_dir,
                "eval.max_examples_per_split": args.max_examples_per_split}
   if any(v is not None for v in overrides.values()):
-    config = eval_config.with_eval_defaults(runner.load_run_config(args.workdir))
+    config = eval_config.with_eval_defaults(checkpoints.load_config(args.workdir))
     for key, value in overrides.items():
       if value is not None:
         section, field = key.split(".")

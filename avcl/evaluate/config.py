@@ -1,19 +1,22 @@
-"""The `eval` config section: its defaults, filled into older runs' configs, and its validation.
+"""The `eval` config section: its defaults, filled into older runs' configs, and its checks.
 
 `configs/default.py` takes its `eval` section from `defaults()`; the library never reads `configs/`. Config
-files load without JAX, so this module imports only ml_collections and numpy: the names it checks against
-are copies of `avcl.evaluate.probes.PROBES` and `avcl.models.model.ENCODE_LAYERS`, which
-tests/test_layers.py keeps equal.
+files load without JAX, so this module imports only ml_collections and the JAX-free checker; the names
+`eval.probe` and `eval.features` take are defined here, and `avcl.evaluate.probes.PROBES` and
+`avcl.models.model` (what `AVModel.encode` returns) import them.
 """
 from __future__ import annotations
 
 import ml_collections
-import numpy as np
+
+from avcl import config_check
 
 # BatchNorm calibration runs its windows through the encoder as one batch: this bounds its memory.
 MAX_BN_CALIBRATION_WINDOWS = 4096
-PROBES = ("linear", "mlp")  # The keys of avcl.evaluate.probes.PROBES.
-ENCODE_LAYERS = ("output", "pooled", "stats")  # avcl.models.model.ENCODE_LAYERS: what AVModel.encode returns.
+PROBES = ("linear", "mlp")  # Probes on frozen embeddings (avcl.evaluate.probes.PROBES, in this order).
+# What AVModel.encode returns (avcl.models.model; its docstring says what each is): eval.features.
+ENCODE_LAYERS = ("output", "pooled", "stats")
+BASELINES = ("random_init", "logmel")  # Embeddings scored beside the pretrained encoder.
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -30,7 +33,7 @@ def defaults() -> ml_collections.ConfigDict:
   # "stats" with 1.5 s windows, picked among {pooled, stats} x {2.0 s, 1.5 s windows} by the mean
   # validation score of the pretrained encoder over the five tasks and three seeds (docs/evaluation.md).
   e.features = "stats"
-  e.baselines = ("random_init", "logmel")  # Baselines scored beside the pretrained encoder.
+  e.baselines = BASELINES  # Baselines scored beside the pretrained encoder.
   # random_init is the run's step-0 model; its BatchNorm statistics (mean 0, variance 1 at init, which leaves
   # the raw log-mel, about -14 to +5, unnormalised) are first estimated on this many windows of each task's
   # training clips (0: keep them). At most 4096: the windows go through the encoder as one batch.
@@ -49,31 +52,39 @@ def defaults() -> ml_collections.ConfigDict:
   return e
 
 
+def check_config(c: config_check.Checker) -> None:
+  """The `eval.*` fields (`c` on config.eval); with the whole config, windows of at least audio.n_fft samples.
+
+  tasks, window_seconds, hop_seconds, batch_size and baselines are required of a training config; the other
+  fields may be absent (older runs lack them): `defaults()` then holds.
+  """
+  d = defaults()
+  c.check("tasks", lambda v: isinstance(v, (tuple, list)) and len(v) >= 1 and all(isinstance(t, str) and t
+                                                                                 for t in v),
+          "be a non-empty tuple of task names")
+  window = c.real("window_seconds", 0, lo_open=True)
+  c.real("hop_seconds", 0, lo_open=True)
+  c.integer("batch_size", 1)
+  c.check("baselines", lambda v: isinstance(v, (tuple, list)) and all(b in BASELINES for b in v),
+          f"be a tuple drawn from {BASELINES}")
+  c.choice("probe", PROBES, default=d.probe)
+  c.choice("features", ENCODE_LAYERS, default=d.features)
+  for field in ("timestamp_window_seconds", "timestamp_hop_seconds", "finetune_learning_rate"):
+    c.real(field, 0, lo_open=True, default=d[field])
+  for field, lo in (("mlp_hidden", 1), ("finetune_steps", 1), ("max_examples_per_split", 0),
+                    ("audioset_sample_rate", 0)):
+    c.integer(field, lo, default=d[field])
+  c.integer("bn_calibration_windows", 0, MAX_BN_CALIBRATION_WINDOWS, why=" (0: keep the initial statistics)",
+            default=d.bn_calibration_windows)
+  sr, n_fft = (c.root.peek("audio.sample_rate"), c.root.peek("audio.n_fft")) if c.root else (None, None)
+  if (config_check.is_int(sr) and config_check.is_int(n_fft) and config_check.is_real(window) and window > 0
+      and window * sr < n_fft):
+    c.fail("window_seconds", window, f"give at least audio.n_fft={n_fft} samples at {sr} Hz")
+
+
 def validate_eval_config(e) -> None:
-  """Raises ValueError naming the config.eval field and its allowed range."""
-  def bad(field, value, allowed):
-    raise ValueError(f"config.eval.{field} must be {allowed}, got {value!r}")
-  if not e.tasks:
-    bad("tasks", e.tasks, "a non-empty tuple of task names")
-  if e.probe not in PROBES:
-    bad("probe", e.probe, f"one of {sorted(PROBES)}")
-  if e.features not in ENCODE_LAYERS:
-    bad("features", e.features, f"one of {ENCODE_LAYERS}")
-  for b in e.baselines:
-    if b not in ("random_init", "logmel"):
-      bad("baselines", e.baselines, "a tuple drawn from ('random_init', 'logmel')")
-  for field in ("window_seconds", "hop_seconds", "timestamp_window_seconds", "timestamp_hop_seconds",
-                "finetune_learning_rate"):
-    if not float(e[field]) > 0:
-      bad(field, e[field], "> 0")
-  for field, lo in (("batch_size", 1), ("mlp_hidden", 1), ("finetune_steps", 1),
-                    ("max_examples_per_split", 0), ("audioset_sample_rate", 0)):
-    if not isinstance(e[field], (int, np.integer)) or isinstance(e[field], bool) or e[field] < lo:
-      bad(field, e[field], f"an integer >= {lo}")
-  n = e.bn_calibration_windows
-  if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 0 <= n <= MAX_BN_CALIBRATION_WINDOWS:
-    bad("bn_calibration_windows", n, f"an integer in [0, {MAX_BN_CALIBRATION_WINDOWS}] (0: keep the initial "
-        "statistics)")
+  """Raises ConfigError (a ValueError) naming every out-of-range field of `config.eval`."""
+  config_check.validate(check_config, e, "config.eval.")
 
 
 def with_eval_defaults(config):

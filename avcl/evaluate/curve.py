@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation")
-BASELINES = ("random_init", "logmel")
+BASELINES = eval_config.BASELINES
 
 
 def _scores(embedders: dict, examples: dict, task, probe: str, config, progress: bool) -> dict[str, float]:

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 import tqdm
 
+from avcl.evaluate import config as eval_config
 from avcl.evaluate import metrics
 
 # Strongest first: on a tie of validation scores the stronger penalty wins.
@@ -278,7 +279,8 @@ def mlp_probe(train: Split, val: Split, test: Split, *, num_classes: int, multi_
   return _result(best[1], best[0], best[2], train, val, test, multi_label)
 
 
-PROBES = {"linear": linear_probe, "mlp": mlp_probe}
+# The probe names are eval_config.PROBES (config files check eval.probe without JAX), in its order.
+PROBES = dict(zip(eval_config.PROBES, (linear_probe, mlp_probe), strict=True))
 
 
 def run_probe(kind: str, train: Split, val: Split, test: Split, **kwargs) -> ProbeResult:

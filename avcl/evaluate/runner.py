@@ -19,13 +19,13 @@ collective), while the others wait at a barrier until it is done and return `{}`
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 
 import jax
-import ml_collections
+import numpy as np
 from flax import nnx
 from jax._src import distributed  # The coordination client: the one barrier with a long timeout.
 from jax.experimental import multihost_utils
@@ -40,19 +40,11 @@ from avcl.evaluate import tasks as tasks_lib
 from avcl.models import from_config
 from data_pipeline import paths
 
-EMBEDDINGS = ("pretrained", "random_init", "logmel")
+EMBEDDINGS = ("pretrained",) + eval_config.BASELINES  # Report order.
 log = logging.getLogger(__name__)
 # Training features (examples x dims) above which the linear probe trains by minibatch Adam instead of
 # full-batch L-BFGS (e.g. AudioSet's 2M clips); ~400 MB of float32.
 FULL_BATCH_LIMIT = 100_000_000
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's config from WORKDIR/config.json (written by training)."""
-  path = paths.join(workdir, "config.json")
-  if not paths.exists(path):
-    raise FileNotFoundError(f"{path} not found: {workdir!r} is not an avcl training workdir")
-  return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 
 def _flatten(cfg, prefix: str) -> dict:
@@ -76,18 +68,6 @@ def check_same_architecture(config, checkpoint_config, *, where: str = "the chec
       if ours.get(field, "<absent>") != theirs.get(field, "<absent>"):
         raise ValueError(f"architecture mismatch: {field} is {ours.get(field, '<absent>')!r} in the given "
                          f"config but {theirs.get(field, '<absent>')!r} in {where}")
-
-
-def check_param_shapes(model, reference) -> None:
-  """Errors, naming the parameter, when two models' parameter trees differ in structure or shape."""
-  a = {jax.tree_util.keystr(p): v.shape for p, v in
-       jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))}
-  b = {jax.tree_util.keystr(p): v.shape for p, v in
-       jax.tree_util.tree_leaves_with_path(nnx.state(reference, nnx.Param))}
-  for k in sorted(set(a) | set(b)):
-    if a.get(k) != b.get(k):
-      raise ValueError(f"architecture mismatch: parameter {k} has shape {a.get(k, '<absent>')} in the "
-                       f"checkpoint but {b.get(k, '<absent>')} in the model the config describes")
 
 
 def initial_model(run_config, workdir: str | None = None):
@@ -229,6 +209,7 @@ def evaluate(workdir: str, config=None, tasks: Sequence[str] | None = None, *, s
     config = checkpoint_config
   else:
     check_same_architecture(config, checkpoint_config, where=f"{workdir}/config.json")
+  barrier = _agreed_barrier_name()
   try:
     if jax.process_index() != 0:
       log.info("evaluate: process %d leaves evaluation to process 0", jax.process_index())
@@ -239,13 +220,23 @@ def evaluate(workdir: str, config=None, tasks: Sequence[str] | None = None, *, s
     return evaluate_model(model, config, step=int(restored_step), out_dir=paths.join(workdir, "eval"),
                           tasks=tasks, probe=probe, finetune=finetune, progress=progress, initial=initial)
   finally:
-    _wait_for_process_zero()
+    _wait_for_process_zero(barrier)
 
 
-_BARRIERS = [0]
+def _agreed_barrier_name() -> str:
+  """A barrier name of this call's own, the same on every process ("" with one process).
+
+  Drawn by process 0 and broadcast while every process is still here (right after the collective restore):
+  each call waits at a barrier of its own, as a coordination-service barrier is not reused, without a counter
+  that each process would have to keep in step.
+  """
+  if jax.process_count() == 1:
+    return ""
+  nonce = multihost_utils.broadcast_one_to_all(np.int32(secrets.randbits(31)))
+  return f"avcl_evaluate_done_{int(nonce)}"
 
 
-def _wait_for_process_zero(timeout_hours: float = 24.0) -> None:
+def _wait_for_process_zero(barrier: str, timeout_hours: float = 24.0) -> None:
   """Holds every process until process 0 has finished evaluating.
 
   Without it the other processes would reach jax.distributed's shutdown barrier (minutes of timeout)
@@ -254,9 +245,8 @@ def _wait_for_process_zero(timeout_hours: float = 24.0) -> None:
   """
   if jax.process_count() == 1:
     return
-  _BARRIERS[0] += 1
   client = distributed.global_state.client
   if client is None:
-    multihost_utils.sync_global_devices(f"avcl_evaluate_done_{_BARRIERS[0]}")
+    multihost_utils.sync_global_devices(barrier)
     return
-  client.wait_at_barrier(f"avcl_evaluate_done_{_BARRIERS[0]}", int(timeout_hours * 3600 * 1000))
+  client.wait_at_barrier(barrier, int(timeout_hours * 3600 * 1000))

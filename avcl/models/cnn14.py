@@ -16,10 +16,25 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from avcl import config_check
 from avcl.models.batch_norm import BatchNorm
 from avcl.models.conv import conv, he_normal
 from avcl.models.pooling import avg_pool, max_plus_mean_over_time, smooth_time
 from avcl.models.stack import run_blocks
+
+NAME = "cnn14"  # config.model.logmel.name
+SLOT = "logmel"
+MAX_DEPTH = 8  # Blocks 1..depth-1 halve the mel axis: 8 blocks need 128 mel bins.
+
+
+def check_config(c: config_check.Checker, named: bool) -> None:
+  """Its fields of config.model.logmel (`c`); named: the slot names this encoder (its own limits apply)."""
+  c.integer("width", 1)
+  c.integer("depth", 1, MAX_DEPTH if named else None, why=f" for {NAME}" if named else "")
+
+
+def build(cfg, audio_cfg, **common) -> "Cnn14":
+  return Cnn14(n_mels=audio_cfg.n_mels, width=cfg.width, depth=cfg.depth, **common)
 
 
 class ConvBlock(nnx.Module):
@@ -91,3 +106,6 @@ class Cnn14(nnx.Module):
     x = self.bn0(x, train=train)  # float32 statistics over batch and time, per mel bin
     x = x.astype(self.dtype)[..., None]  # [b, t, f, 1]
     return run_blocks(self.blocks, x, remat=self.remat, train=train).astype(jnp.float32)
+
+
+ENCODER = Cnn14  # What build returns.

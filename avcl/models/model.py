@@ -12,21 +12,71 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from avcl import config_check
+from avcl.evaluate import config as eval_config
+from avcl.evaluate.config import ENCODE_LAYERS
+from avcl.models import cnn14, res1dnet, resnet_audio, tsm_resnet
 from avcl.models.batch_norm import BatchNorm, set_bn_groups
-from avcl.models.cnn14 import Cnn14
 from avcl.models.conv import IM2COL_MAX_POSITIONS, ConvImpl
 from avcl.models.heads import ProjectionHead, l2_normalize
-from avcl.models.res1dnet import MAX_DEPTH as RES1DNET_MAX_DEPTH
-from avcl.models.res1dnet import Res1dNet
-from avcl.models.resnet_audio import ResNetAudio
-from avcl.models.tsm_resnet import TSMResNet
 
-ENCODERS = {"logmel": ("cnn14", "resnet"), "wave": ("res1dnet31",), "video": ("tsm_resnet",)}
-# Input key -> encoder (and head) that embeds it.
+# The encoders, each a module that owns its name, its slot (config.model.<slot>), its fields' checks and how
+# it is built from them: adding an encoder is writing its module and listing it here.
+ENCODER_MODULES = (cnn14, resnet_audio, res1dnet, tsm_resnet)
+SLOTS = ("logmel", "wave", "video")
+ENCODERS = {slot: tuple(m.NAME for m in ENCODER_MODULES if m.SLOT == slot) for slot in SLOTS}
+_BY_NAME = {m.NAME: m for m in ENCODER_MODULES}
+# Input key -> encoder (and head) that embeds it: the embedding names loss.pairs may use.
 INPUT_ENCODER = {"logmel": "logmel", "logmel2": "logmel", "wave": "wave", "video": "video"}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # config.model.bn_backward: BatchNorm's train-mode backward (batch_norm.py): the hand-written VJP or autodiff's.
 BN_BACKWARDS = ("custom_vjp", "autodiff")
+
+
+def check_config(c: config_check.Checker) -> dict[str, bool | None]:
+  """The `model.*` fields (`c` on config.model), each encoder checking its own.
+
+  Returns {slot: True when it names an encoder, False when empty, None when the name is unknown (already
+  reported: checks that need that encoder do not blame it a second time)}.
+  """
+  present = {}
+  for slot in SLOTS:
+    s = c.section(slot)
+    name = s.choice("name", ENCODERS[slot] + ("",))
+    # Every encoder of the slot checks its fields (all are documented in configs/default.py, used or not);
+    # the named one first, so that its own limits are the message when a field breaks both.
+    for m in sorted((m for m in ENCODER_MODULES if m.SLOT == slot), key=lambda m: m.NAME != name):
+      m.check_config(s, named=m.NAME == name)
+    present[slot] = bool(name) if name in ENCODERS[slot] + ("",) else None
+  if not any(present.values()) and all(v is not None for v in present.values()):
+    c.error(f"{c.prefix.rstrip('.')}: at least one of {', '.join(c.label(s + '.name') for s in SLOTS)} must "
+            "name an encoder")
+  c.integer("embed_dim", 1)
+  c.integer("head_hidden", 0)
+  c.choice("dtype", tuple(DTYPES))
+  c.boolean("bn_sync")
+  c.boolean("remat")
+  c.integer("remat_every", 1)
+  # Speed options (same values and gradients to float32 rounding; configs stored before them lack them).
+  c.choice("bn_backward", BN_BACKWARDS)
+  c.integer("im2col_max_positions", 0)
+  if c.root:
+    _check_eval_features(c, present)
+  return present
+
+
+def _check_eval_features(c: config_check.Checker, present: dict[str, bool | None]) -> None:
+  """eval.features='stats' needs an encoder with a `stats` layer; checked before training, so that a run
+  does not train for hours and then fail to evaluate."""
+  features = c.root.peek("eval.features")
+  features = eval_config.defaults().features if features is None else features
+  slot = "logmel" if c.peek("logmel.name") else "wave"  # The audio encoder downstream tasks use.
+  name = c.peek(f"{slot}.name")
+  with_stats = [m.NAME for m in ENCODER_MODULES if hasattr(m.ENCODER, "stats")]
+  if features == "stats" and present.get(slot) is not None and name not in with_stats:
+    c.root.error(f"eval.features='stats' needs the {' or '.join(with_stats)} log-mel encoder (it pools CNN14's "
+                 f"last conv map), but downstream tasks would use {c.label(slot)}.name={name!r}: set "
+                 "eval.features to 'pooled' or 'output'")
 
 
 def _positive_int(value, field):
@@ -35,44 +85,8 @@ def _positive_int(value, field):
 
 
 def validate_model_config(model_cfg) -> None:
-  """Raises ValueError naming the field and its allowed values for any out-of-range `config.model` field."""
-  for enc, names in ENCODERS.items():
-    name = model_cfg[enc].name
-    if name not in names + ("",):
-      raise ValueError(f"config.model.{enc}.name must be one of {names + ('',)}, got {name!r}")
-    if not name:
-      continue
-    _positive_int(model_cfg[enc].width, f"{enc}.width")
-    if enc == "video":
-      blocks = tuple(model_cfg.video.blocks)
-      if not blocks or any(not isinstance(n, (int, np.integer)) or n < 1 for n in blocks):
-        raise ValueError(f"config.model.video.blocks must be a non-empty tuple of integers >= 1, "
-                         f"got {model_cfg.video.blocks!r}")
-      f = model_cfg.video.shift_fraction
-      if not 0.0 <= f <= 0.5:
-        raise ValueError(f"config.model.video.shift_fraction must be in [0, 0.5], got {f!r}")
-    else:
-      _positive_int(model_cfg[enc].depth, f"{enc}.depth")
-  if model_cfg.logmel.name == "cnn14" and model_cfg.logmel.depth > 8:
-    raise ValueError(f"config.model.logmel.depth must be in [1, 8] for cnn14, got {model_cfg.logmel.depth}")
-  if model_cfg.logmel.name == "resnet":
-    _positive_int(model_cfg.logmel.blocks, "logmel.blocks")
-  if model_cfg.wave.name == "res1dnet31" and model_cfg.wave.depth > RES1DNET_MAX_DEPTH:
-    raise ValueError(f"config.model.wave.depth must be in [1, {RES1DNET_MAX_DEPTH}] for res1dnet31, "
-                     f"got {model_cfg.wave.depth}")
-  if not any(model_cfg[enc].name for enc in ENCODERS):
-    raise ValueError("config.model: at least one of logmel.name, wave.name, video.name must be set")
-  _positive_int(model_cfg.embed_dim, "embed_dim")
-  if not isinstance(model_cfg.head_hidden, (int, np.integer)) or model_cfg.head_hidden < 0:
-    raise ValueError(f"config.model.head_hidden must be an integer >= 0, got {model_cfg.head_hidden!r}")
-  if model_cfg.dtype not in DTYPES:
-    raise ValueError(f"config.model.dtype must be one of {tuple(DTYPES)}, got {model_cfg.dtype!r}")
-  # Speed options (same values and gradients to float32 rounding); .get: configs stored before them.
-  if model_cfg.get("bn_backward", BN_BACKWARDS[0]) not in BN_BACKWARDS:
-    raise ValueError(f"config.model.bn_backward must be one of {BN_BACKWARDS}, got {model_cfg.bn_backward!r}")
-  positions = model_cfg.get("im2col_max_positions", IM2COL_MAX_POSITIONS)
-  if not isinstance(positions, (int, np.integer)) or isinstance(positions, bool) or positions < 0:
-    raise ValueError(f"config.model.im2col_max_positions must be an integer >= 0, got {positions!r}")
+  """Raises ConfigError (a ValueError) naming every out-of-range field of `config.model`."""
+  config_check.validate(check_config, model_cfg, "config.model.")
 
 
 def set_speed_options(model: nnx.Module, *, bn_backward: str = BN_BACKWARDS[0],
@@ -92,22 +106,6 @@ def set_speed_options(model: nnx.Module, *, bn_backward: str = BN_BACKWARDS[0],
       module.conv_general_dilated = ConvImpl(im2col_max_positions=int(im2col_max_positions))
   return model
 
-
-def _build_encoder(enc: str, cfg, audio_cfg, *, dtype, bn_groups, remat, rngs) -> nnx.Module:
-  common = dict(dtype=dtype, bn_groups=bn_groups, remat=remat, rngs=rngs)
-  if cfg.name == "cnn14":
-    return Cnn14(n_mels=audio_cfg.n_mels, width=cfg.width, depth=cfg.depth, **common)
-  if cfg.name == "resnet":
-    return ResNetAudio(n_mels=audio_cfg.n_mels, width=cfg.width, depth=cfg.depth, blocks=cfg.blocks, **common)
-  if cfg.name == "res1dnet31":
-    return Res1dNet(width=cfg.width, depth=cfg.depth, **common)
-  if cfg.name == "tsm_resnet":
-    return TSMResNet(width=cfg.width, blocks=tuple(cfg.blocks), bottleneck=cfg.bottleneck,
-                     shift_fraction=cfg.shift_fraction, **common)
-  raise ValueError(f"config.model.{enc}.name {cfg.name!r} is not available")
-
-
-ENCODE_LAYERS = ("output", "pooled", "stats")  # What `AVModel.encode` returns; see its docstring.
 
 class AVModel(nnx.Module):
   """Encoders (`encoders[name]`) and projection heads (`heads[name]`) for name in logmel/wave/video."""
@@ -184,8 +182,8 @@ def build_model(model_cfg, audio_cfg, *, rngs: nnx.Rngs, bn_groups: int = 1) -> 
   for enc in ENCODERS:
     if not model_cfg[enc].name:
       continue
-    encoders[enc] = _build_encoder(enc, model_cfg[enc], audio_cfg, dtype=dtype, bn_groups=groups,
-                                   remat=remat, rngs=rngs)
+    encoders[enc] = _BY_NAME[model_cfg[enc].name].build(model_cfg[enc], audio_cfg, dtype=dtype,
+                                                          bn_groups=groups, remat=remat, rngs=rngs)
     heads[enc] = ProjectionHead(encoders[enc].feature_dim, model_cfg.embed_dim,
                                 hidden=model_cfg.head_hidden, bn_groups=groups, rngs=rngs)
   return set_speed_options(AVModel(encoders, heads),

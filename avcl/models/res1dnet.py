@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from avcl import config_check
 from avcl.models.batch_norm import BatchNorm
 from avcl.models.conv import conv, he_normal
 from avcl.models.pooling import avg_pool, max_plus_mean_over_time, max_pool
@@ -29,6 +30,19 @@ from avcl.models.stack import run_blocks
 CHANNEL_MULTIPLIERS = (1, 2, 4, 8, 16, 16, 32)
 STRIDES = (1, 4, 4, 4, 4, 4, 4)
 MAX_DEPTH = len(STRIDES)
+NAME = "res1dnet31"  # config.model.wave.name
+SLOT = "wave"
+
+
+def check_config(c: config_check.Checker, named: bool) -> None:
+  """Its fields of config.model.wave (`c`); named: the slot names this encoder (its own limits apply)."""
+  c.integer("width", 1)
+  c.integer("depth", 1, MAX_DEPTH if named else None, why=f" for {NAME}" if named else "")
+
+
+def build(cfg, audio_cfg, **common) -> "Res1dNet":
+  del audio_cfg  # The waveform encoder reads no frontend setting.
+  return Res1dNet(width=cfg.width, depth=cfg.depth, **common)
 
 
 class BasicBlock1d(nnx.Module):
@@ -103,3 +117,6 @@ class Res1dNet(nnx.Module):
     x = self.bn0(self.conv0(x.astype(self.dtype)[..., None]), train=train)
     x = run_blocks(self.blocks, x, remat=self.remat, train=train)
     return max_plus_mean_over_time(x.astype(jnp.float32))
+
+
+ENCODER = Res1dNet  # What build returns.

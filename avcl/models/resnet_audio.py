@@ -12,10 +12,27 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from avcl import config_check
 from avcl.models.batch_norm import BatchNorm
 from avcl.models.conv import conv
 from avcl.models.pooling import max_plus_mean_over_time
 from avcl.models.stack import run_blocks
+
+NAME = "resnet"  # config.model.logmel.name
+SLOT = "logmel"
+
+
+def check_config(c: config_check.Checker, named: bool) -> None:
+  """Its fields of config.model.logmel (`c`): checked whichever log-mel encoder is named, as every field of
+  configs/default.py is; named: the slot names this encoder."""
+  del named  # No limit of its own beyond the fields' ranges.
+  c.integer("width", 1)
+  c.integer("depth", 1)
+  c.integer("blocks", 1)
+
+
+def build(cfg, audio_cfg, **common) -> "ResNetAudio":
+  return ResNetAudio(n_mels=audio_cfg.n_mels, width=cfg.width, depth=cfg.depth, blocks=cfg.blocks, **common)
 
 
 class BasicBlock2d(nnx.Module):
@@ -70,3 +87,6 @@ class ResNetAudio(nnx.Module):
     x = run_blocks(self.blocks, x, remat=self.remat, train=train)
     x = jnp.mean(x.astype(jnp.float32), axis=2)  # mean over mel: [b, t, c]
     return max_plus_mean_over_time(x)
+
+
+ENCODER = ResNetAudio  # What build returns.

@@ -24,9 +24,30 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from avcl import config_check
 from avcl.models.batch_norm import BatchNorm
 from avcl.models.conv import conv
 from avcl.models.stack import run_blocks
+
+NAME = "tsm_resnet"  # config.model.video.name
+SLOT = "video"
+
+
+def check_config(c: config_check.Checker, named: bool) -> None:
+  """Its fields of config.model.video (`c`); named: the slot names this encoder."""
+  del named  # Checked whether or not the video slot is used, as every field of configs/default.py is.
+  c.integer("width", 1)
+  c.check("blocks", lambda v: isinstance(v, (tuple, list)) and len(v) >= 1
+          and all(config_check.is_int(b) and b >= 1 for b in v),
+          "be a non-empty tuple of integers >= 1 (blocks per stage)")
+  c.boolean("bottleneck")
+  c.real("shift_fraction", 0, 0.5)
+
+
+def build(cfg, audio_cfg, **common) -> "TSMResNet":
+  del audio_cfg  # The video encoder reads no frontend setting.
+  return TSMResNet(width=cfg.width, blocks=tuple(cfg.blocks), bottleneck=cfg.bottleneck,
+                   shift_fraction=cfg.shift_fraction, **common)
 
 
 def temporal_shift(x: jax.Array, shift_fraction: float) -> jax.Array:
@@ -133,3 +154,6 @@ class TSMResNet(nnx.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Frames [b, t, h, w, 3] -> [b, feature_dim]: mean over time, height and width (in float32)."""
     return jnp.mean(self.feature_map(x, train=train).astype(jnp.float32), axis=(1, 2, 3))
+
+
+ENCODER = TSMResNet  # What build returns.
