@@ -10,6 +10,8 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["avcl", "avcl.*", "data_pipeline", "data_pipeline.*",
                                                "configs", "configs.*", "launch", "launch.*"]),
+    # The embedded world's language table (data_pipeline/world/synth/speech.py reads it).
+    package_data={"data_pipeline.world.synth": ["languages.json"]},
     install_requires=[
         "jax>=0.10,<0.11",
         "flax>=0.12,<0.13",

@@ -36,75 +36,17 @@ class Language:
   words: tuple[str, ...]  # Common words in the language's own script; numbers are spoken natively too.
 
 
-# Languages of the language-identification task (and of pretraining speech).
-TASK_LANGUAGES = (
-    Language("en", "English", ("en", "en-US", "en-GB-scotland", "en-GB-x-rp", "en-029", "en-US-nyc",
-                               "en-GB-x-gbclan", "en-GB-x-gbcwmd"),
-             ("hello", "thank you", "water", "house", "good", "morning", "night", "friend", "bread", "sun",
-              "tomorrow", "music", "city", "green", "river")),
-    Language("de", "German", ("de",),
-             ("hallo", "danke", "Wasser", "Haus", "gut", "Morgen", "Nacht", "Freund", "Brot", "Sonne",
-              "morgen", "Musik", "Stadt", "grün", "Fluss")),
-    Language("fr", "French", ("fr", "fr-BE", "fr-CH"),
-             ("bonjour", "merci", "eau", "maison", "bon", "matin", "nuit", "ami", "pain", "soleil", "demain",
-              "musique", "ville", "vert", "rivière")),
-    Language("es", "Spanish", ("es", "es-419"),
-             ("hola", "gracias", "agua", "casa", "bueno", "mañana", "noche", "amigo", "pan", "sol", "música",
-              "ciudad", "verde", "río", "tarde")),
-    Language("it", "Italian", ("it",),
-             ("ciao", "grazie", "acqua", "casa", "buono", "mattina", "notte", "amico", "pane", "sole",
-              "domani", "musica", "città", "verde", "fiume")),
-    Language("pt", "Portuguese", ("pt", "pt-BR"),
-             ("olá", "obrigado", "água", "casa", "bom", "manhã", "noite", "amigo", "pão", "sol", "amanhã",
-              "música", "cidade", "verde", "rio")),
-    Language("nl", "Dutch", ("nl",),
-             ("hallo", "dank je", "water", "huis", "goed", "ochtend", "nacht", "vriend", "brood", "zon",
-              "morgen", "muziek", "stad", "groen", "rivier")),
-    Language("pl", "Polish", ("pl",),
-             ("cześć", "dziękuję", "woda", "dom", "dobry", "rano", "noc", "przyjaciel", "chleb", "słońce",
-              "jutro", "muzyka", "miasto", "zielony", "rzeka")),
-    Language("ru", "Russian", ("ru",),
-             ("привет", "спасибо", "вода", "дом", "хорошо", "утро", "ночь", "друг", "хлеб", "солнце",
-              "завтра", "музыка", "город", "зелёный", "река")),
-    Language("tr", "Turkish", ("tr",),
-             ("merhaba", "teşekkürler", "su", "ev", "iyi", "sabah", "gece", "arkadaş", "ekmek", "güneş",
-              "yarın", "müzik", "şehir", "yeşil", "nehir")),
-    Language("hi", "Hindi", ("hi",),
-             ("नमस्ते", "धन्यवाद", "पानी", "घर", "अच्छा", "सुबह", "रात", "दोस्त", "रोटी", "सूरज", "कल",
-              "संगीत", "शहर", "हरा", "नदी")),
-    Language("cmn", "Mandarin", ("cmn",),
-             ("你好", "谢谢", "水", "房子", "好", "早上", "晚上", "朋友", "面包", "太阳", "明天", "音乐",
-              "城市", "绿色", "河")),
-)
+def _load_languages(role: str) -> tuple[Language, ...]:
+  """The languages of `role` in languages.json: "task" (the language-identification task's classes, also
+  heard in pretraining) or "extra" (pretraining only, for more phonetic variety than the task needs)."""
+  with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "languages.json"), encoding="utf-8") as f:
+    table = json.load(f)
+  return tuple(Language(e["code"], e["name"], tuple(e["voices"]), tuple(e["words"])) for e in table[role])
 
-# Heard in pretraining only: more phonetic variety than the task needs.
-EXTRA_LANGUAGES = (
-    Language("sv", "Swedish", ("sv",),
-             ("hej", "tack", "vatten", "hus", "bra", "morgon", "natt", "vän", "bröd", "sol", "imorgon",
-              "musik", "stad", "grön", "flod")),
-    Language("fi", "Finnish", ("fi",),
-             ("hei", "kiitos", "vesi", "talo", "hyvä", "aamu", "yö", "ystävä", "leipä", "aurinko",
-              "huomenna", "musiikki", "kaupunki", "vihreä", "joki")),
-    Language("el", "Greek", ("el",),
-             ("γεια σου", "ευχαριστώ", "νερό", "σπίτι", "καλό", "πρωί", "νύχτα", "φίλος", "ψωμί", "ήλιος",
-              "αύριο", "μουσική", "πόλη", "πράσινο", "ποτάμι")),
-    Language("hu", "Hungarian", ("hu",),
-             ("szia", "köszönöm", "víz", "ház", "jó", "reggel", "éjszaka", "barát", "kenyér", "nap",
-              "holnap", "zene", "város", "zöld", "folyó")),
-    Language("sw", "Swahili", ("sw",),
-             ("jambo", "asante", "maji", "nyumba", "nzuri", "asubuhi", "usiku", "rafiki", "mkate", "jua",
-              "kesho", "muziki", "mji", "kijani", "mto")),
-    Language("id", "Indonesian", ("id",),
-             ("halo", "terima kasih", "air", "rumah", "baik", "pagi", "malam", "teman", "roti", "matahari",
-              "besok", "musik", "kota", "hijau", "sungai")),
-    Language("ja", "Japanese", ("ja",),
-             ("こんにちは", "ありがとう", "みず", "いえ", "いい", "あさ", "よる", "ともだち", "パン", "たいよう",
-              "あした", "おんがく", "まち", "みどり", "かわ")),
-    Language("cs", "Czech", ("cs",),
-             ("ahoj", "děkuji", "voda", "dům", "dobrý", "ráno", "noc", "přítel", "chléb", "slunce", "zítra",
-              "hudba", "město", "zelený", "řeka")),
-)
 
+# The tables are data (languages.json): a language is added there, with its voices and words.
+TASK_LANGUAGES = _load_languages("task")
+EXTRA_LANGUAGES = _load_languages("extra")
 ALL_LANGUAGES = TASK_LANGUAGES + EXTRA_LANGUAGES
 LANGUAGE_BY_CODE = {lang.code: lang for lang in ALL_LANGUAGES}
 
