@@ -431,10 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           "or another folder", file=sys.stderr)
     return 1
   try:
-    try:
-      files = audio_files.list_inputs(a.input)
-    except ValueError as e:
-      raise ValueError(f"--input {e}") from None
+    files = audio_files.list_inputs(a.input, flag="--input")
     module, source = load_module(workdir=a.workdir, checkpoint=a.checkpoint, saved_model=a.saved_model)
   except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -164,15 +164,20 @@ def load_audio(path: str, sample_rate: int) -> np.ndarray:
   return np.concatenate([b for b, _ in read_audio(path, sample_rate)])
 
 
-def list_inputs(inputs: Sequence[str]) -> list[str]:
+def files_under(directory: str) -> list[str]:
+  """Every AUDIO_EXTENSIONS file under `directory`, recursively, sorted (local or URL); other files ignored."""
+  return [p for p in paths.walk_files(directory) if p.lower().endswith(AUDIO_EXTENSIONS)]
+
+
+def list_inputs(inputs: Sequence[str], *, flag: str = "input") -> list[str]:
   """Files named, and the AUDIO_EXTENSIONS files under folders named (recursively, sorted); a name that is
-  neither is kept (it is reported as missing)."""
+  neither is kept (it is reported as missing). `flag` names the inputs in the error for an empty folder."""
   out = []
   for item in inputs:
     if paths.isdir(item):
-      found = [p for p in paths.walk_files(item) if p.lower().endswith(AUDIO_EXTENSIONS)]
+      found = files_under(item)
       if not found:
-        raise ValueError(f"{item!r}: no audio or video files ({', '.join(AUDIO_EXTENSIONS)}) in it")
+        raise ValueError(f"{flag} {item!r}: no audio or video files ({', '.join(AUDIO_EXTENSIONS)}) in it")
       out += found
     else:
       out.append(item)

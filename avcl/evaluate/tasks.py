@@ -145,10 +145,6 @@ def embedded_task(root: str, name: str, *, sample_rate: int, max_examples: int =
 # ----------------------------------------------------------------------------------------------------------
 # A folder of your own labelled recordings.
 
-def _audio_files_under(directory: str) -> list[str]:
-  return [p for p in paths.walk_files(directory) if p.lower().endswith(audio_files.AUDIO_EXTENSIONS)]
-
-
 def _class_dirs(directory: str) -> list[str]:
   return sorted(d for d in paths.listdir(directory)
                 if not d.startswith(".") and paths.isdir(paths.join(directory, d)))
@@ -204,12 +200,12 @@ def folder_task(root: str, *, sample_rate: int, max_examples: int = 0) -> Task:
       unknown = sorted(set(per_split_classes[split]) - set(class_names))
       if unknown:
         raise ValueError(f"folder task {root}: {split}/ has classes with no train/ folder: {unknown}")
-    files = {s: {c: _audio_files_under(paths.join(root, s, c)) for c in per_split_classes[s]} for s in SPLITS}
+    files = {s: {c: audio_files.files_under(paths.join(root, s, c)) for c in per_split_classes[s]} for s in SPLITS}
   else:
     class_names = top
     files = {s: {} for s in SPLITS}
     for c in class_names:
-      found = _audio_files_under(paths.join(root, c))
+      found = audio_files.files_under(paths.join(root, c))
       if found:
         for split, chosen in _split_groups(root, c, found).items():
           files[split][c] = chosen
