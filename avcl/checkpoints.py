@@ -59,7 +59,8 @@ ORBAX_TMP_MARKER = ".orbax-checkpoint-tmp"
 # is computed, not what (the same values and gradients to float32 rounding, tests/test_models.py), and runs
 # stored before they existed lack them.
 RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                    "data.generate_if_missing", "eval.*", "model.bn_backward", "model.im2col_max_positions")
+                    "data.generate_if_missing", "eval.*", "model.bn_backward", "model.im2col_max_positions",
+                    "model.cpu_conv_library")
 
 
 def resumable(field: str) -> bool:

@@ -45,6 +45,7 @@ from jax.experimental import multihost_utils
 from avcl import augment as augment_lib
 from avcl import checkpoints, config_validation, losses, optim, sharding
 from avcl import frontend as frontend_lib
+from avcl.models import conv as conv_lib
 from avcl.models import from_config
 from data_pipeline import input as input_lib
 from data_pipeline import paths, schema, tf_cpu
@@ -134,9 +135,12 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
   # compile by float32 rounding, ~2e-7, and are the same on every process and mesh).
   init = jax.jit(init_fn, out_shardings=state_sharding,
                  compiler_options=_FAST_COMPILE if jax.default_backend() == "cpu" else None)
+  # On CPU, which library runs the convolutions (config model.cpu_conv_library; avcl.models.conv).
+  options = conv_lib.compiler_options(config.model.get("cpu_conv_library", "ynnpack"),
+                                     mesh.devices.flat[0].platform)
   step = jax.jit(make_train_step(config, mesh, graphdef, tx, schedule),
                  in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                 out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+                 out_shardings=(state_sharding, replicated), donate_argnums=(0,), compiler_options=options)
   return Trainer(config=config, mesh=mesh, graphdef=graphdef, tx=tx, schedule=schedule,
                  state_sharding=state_sharding, abstract_state=abstract_state, init=init, step=step)
 

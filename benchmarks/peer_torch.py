@@ -2,6 +2,7 @@ r"""avcl's log-mel encoders against layer-for-layer PyTorch copies: one SGD step
 
     python -m benchmarks.peer_torch --setup          # once: makes .venv-torch (PyTorch 2.13.0 CPU) beside .venv
     python -m benchmarks.peer_torch [--widths 8,32,64] [--rounds 7] [--no-default] [--profile] [--dtype bfloat16]
+        [--cpu-conv-library eigen,ynnpack]
 
 Models: `avcl.models.resnet_audio.ResNetAudio` (depth 4, 2 blocks per stage) at each width, batch 32,
 96 frames x 64 mels; then the default config's log-mel encoder (configs/default.py: CNN14 width 8, depth 4)
@@ -17,6 +18,10 @@ venv's Python, and the two steps are timed round robin (avcl step, PyTorch step,
 runs at a time, the other waits on a pipe), so load from other jobs on a shared machine hits both alike.
 Without the venv only the avcl column is printed. The copy's parameter shapes are checked against avcl's
 (every parameter, by name) before timing; tests/test_peer_torch.py also compares the two models' outputs.
+
+--cpu-conv-library: the library XLA:CPU runs avcl's convolutions with (config model.cpu_conv_library; default:
+the default config's). Several, comma-separated, are each compiled and timed in the same round robin, one
+column each: the before/after of that option in one run.
 
 --dtype bfloat16 runs avcl's encoder with that compute dtype (config model.dtype; parameters and BatchNorm
 stay float32), PyTorch's stays float32: a speed figure only, the values differ beyond float32 rounding.
@@ -46,6 +51,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from avcl.models import conv as conv_lib  # noqa: E402
 from avcl.models.cnn14 import Cnn14  # noqa: E402
 from avcl.models.resnet_audio import ResNetAudio  # noqa: E402
 from benchmarks.step_profile import trace_ops  # noqa: E402
@@ -100,10 +106,12 @@ def inputs(spec, dim):
 
 
 class JaxBench:
-  """The jitted SGD step of build_model(spec, **options) on the fixed batch."""
+  """The jitted SGD step of build_model(spec, **options) on the fixed batch, its convolutions run by
+  `cpu_conv_library` when compiled for the CPU (config model.cpu_conv_library)."""
 
-  def __init__(self, spec, **options):
+  def __init__(self, spec, cpu_conv_library=None, **options):
     model = build_model(spec, **options)
+    self.cpu_conv_library = cpu_conv_library or default_config.get_config().model.cpu_conv_library
     self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     self.params, self.rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
     self.x, self.target = map(jnp.asarray, inputs(spec, model(jnp.zeros((2,) + self.x_shape(spec)[1:]),
@@ -118,8 +126,9 @@ class JaxBench:
       (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest)
       return jax.tree.map(lambda p, g: p - LR * g, params, grads), rest, loss
 
-    self.compiled = jax.jit(step, donate_argnums=(0, 1)).lower(self.params, self.rest, self.x,
-                                                               self.target).compile()
+    options = conv_lib.compiler_options(self.cpu_conv_library, jax.default_backend())
+    self.compiled = jax.jit(step, donate_argnums=(0, 1), compiler_options=options).lower(
+        self.params, self.rest, self.x, self.target).compile()
     for _ in range(2):
       self.step()
 
@@ -235,14 +244,21 @@ def print_profile(label, kinds, convs, torch_ops, top=12):
       print(f"| {op} | {shapes[:80]} | {t:.1f} |")
 
 
-def format_table(rows, torch_version, dtype="float32"):
-  """Markdown table of rows [(label, avcl ms, PyTorch ms or None)]."""
-  lines = [f"| model | PyTorch {torch_version} ms | avcl (jax {jax.__version__}, {dtype}) ms | avcl / PyTorch |",
-           "| --- | ---: | ---: | ---: |"]
+def format_table(rows, torch_version, dtype="float32", libraries=None):
+  """Markdown table of rows [(label, avcl ms or [avcl ms per library], PyTorch ms or None)]; `libraries`
+  names the avcl columns (model.cpu_conv_library) when there are several."""
+  libraries = libraries or [None]
+  head, rule = [f"PyTorch {torch_version} ms"], ["---:"]
+  for lib in libraries:
+    name = f"avcl (jax {jax.__version__}, {dtype}" + (f", {lib} convs" if lib else "") + ")"
+    head += [f"{name} ms", f"{name} / PyTorch"]
+    rule += ["---:", "---:"]
+  lines = ["| model | " + " | ".join(head) + " |", "| --- | " + " | ".join(rule) + " |"]
   for label, mine, theirs in rows:
-    t = "-" if theirs is None else f"{theirs:,.0f}"
-    r = "-" if theirs is None else f"{mine / theirs:.2f}x"
-    lines.append(f"| {label} | {t} | {mine:,.0f} | {r} |")
+    cells = ["-" if theirs is None else f"{theirs:,.0f}"]
+    for m in (mine if isinstance(mine, (list, tuple)) else [mine]):
+      cells += [f"{m:,.0f}", "-" if theirs is None else f"{m / theirs:.2f}x"]
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -253,10 +269,17 @@ def main(argv=None):
   p.add_argument("--rounds", type=int, default=7, help="timed steps per side, interleaved (median reported)")
   p.add_argument("--no-default", dest="default", action="store_false", help="skip the default config's encoder")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="avcl's compute dtype")
+  p.add_argument("--cpu-conv-library", dest="libraries",
+                 default=default_config.get_config().model.cpu_conv_library,
+                 help="avcl's XLA:CPU convolution library, or several comma-separated "
+                      f"({', '.join(conv_lib.CPU_CONV_LIBRARIES)})")
   p.add_argument("--profile", action="store_true", help="also trace both steps per op (see above)")
   p.add_argument("--torch_python", default=os.path.join(TORCH_VENV, "bin", "python"),
                  help="a Python with torch (default: the venv --setup makes)")
   args = p.parse_args(argv)
+  libraries = args.libraries.split(",")
+  if set(libraries) - set(conv_lib.CPU_CONV_LIBRARIES):
+    p.error(f"--cpu-conv-library: choose from {', '.join(conv_lib.CPU_CONV_LIBRARIES)}, got {args.libraries!r}")
   if args.setup:
     setup()
     return
@@ -267,29 +290,31 @@ def main(argv=None):
         f"{os.getloadavg()[0]:.1f}; median of {args.rounds} steps per side, round robin")
   rows, version, profiles = [], "-", []
   for spec in specs([int(w) for w in args.widths.split(",")], args.default):
-    bench = JaxBench(spec, dtype=jnp.dtype(args.dtype))
+    benches = [JaxBench(spec, lib, dtype=jnp.dtype(args.dtype)) for lib in libraries]
+    bench = benches[0]
     theirs = None
     if worker is not None:
       reply = worker.ask(build=spec)
       version = f"{reply['version']} ({reply['threads']} threads)"
       n = check_shapes(bench, reply["params"])
       theirs = []
-    mine = []
+    mine = [[] for _ in benches]
     for _ in range(args.rounds):
-      mine.append(bench.step())
+      for times, b in zip(mine, benches):
+        times.append(b.step())
       if worker is not None:
         theirs.append(worker.ask(step=True)["ms"])
     if args.profile:
       profiles.append((spec["label"], *profile_avcl(bench),
                        worker.ask(profile=3)["ops"] if worker is not None else None))
     rows.append((spec["label"] + f", batch {spec['batch']}, {spec['frames']}x{spec['n_mels']}",
-                 float(np.median(mine)), None if theirs is None else float(np.median(theirs))))
-    print(f"  {rows[-1][0]}: avcl {rows[-1][1]:.0f} ms" + (f", PyTorch {rows[-1][2]:.0f} ms ({n:,} parameters "
-                                                            "each)" if theirs else ""), flush=True)
+                 [float(np.median(t)) for t in mine], None if theirs is None else float(np.median(theirs))))
+    print(f"  {rows[-1][0]}: avcl " + ", ".join(f"{m:.0f} ms ({lib} convs)" for m, lib in zip(rows[-1][1], libraries))
+          + (f", PyTorch {rows[-1][2]:.0f} ms ({n:,} parameters each)" if theirs else ""), flush=True)
   if worker is not None:
     worker.close()
   print()
-  print(format_table(rows, version, args.dtype))
+  print(format_table(rows, version, args.dtype, libraries if len(libraries) > 1 else None))
   for profile in profiles:
     print_profile(*profile)
 

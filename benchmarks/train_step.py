@@ -1,7 +1,7 @@
 r"""Train-step throughput: step time, clips/s, XLA's FLOP count and utilisation of the measured matmul rate.
 
     python -m benchmarks.train_step [--configs default,paper] [--paper_batch 4] [--steps 5] [--dtype float32]
-        [--compare main,no_donation,autodiff_bn,lax_small_convs] [--frame_sizes 16,32,64,112]
+        [--compare main,no_donation,autodiff_bn,lax_small_convs,ynnpack_convs] [--frame_sizes 16,32,64,112]
         [--default_batches 1024] [--matmul_n 8192] [--peak_tflops 989]
 
 For each config: the jitted train step (frontend, mixing, encoders, contrastive loss, optimizer update) of
@@ -21,7 +21,8 @@ utilisation, against the measured matmul rate and, with --peak_tflops, against t
 global batch (--paper_batch); "default" is configs/default.py as it trains on the embedded world.
 
 --compare also builds the same step with one speed change undone (VARIANTS: the train state not donated;
-BatchNorm's backward by autodiff; tiny-map convolutions by XLA's kernel; "main": all three) and times all
+BatchNorm's backward by autodiff; tiny-map convolutions by XLA's kernel; XLA:CPU's convolutions by YNNPACK
+instead of Eigen; "main": all four) and times all
 variants round-robin in the same run, so the "x first row" column is a before/after ratio that load changes
 hit alike. XLA's FLOP count differs a little between variants (im2col multiplies the zero padding, a custom
 VJP changes which ops exist); with "main" compared, "util % (main FLOPs)" divides main's count, the work the
@@ -43,6 +44,7 @@ from avcl import (
   sharding,  # noqa: E402
   train,  # noqa: E402
 )
+from avcl.models import conv as conv_lib  # noqa: E402
 from configs import default as default_config  # noqa: E402
 from configs import paper_audioset  # noqa: E402
 
@@ -50,6 +52,7 @@ from configs import paper_audioset  # noqa: E402
 VARIANTS = {"": "as trained", "no_donation": "train state not donated",
             "autodiff_bn": "BatchNorm backward by autodiff, not its custom VJP",
             "lax_small_convs": "convs onto <= 4-position maps by XLA's kernel, not im2col",
+            "ynnpack_convs": "XLA:CPU's convolutions by YNNPACK (XLA's default), not Eigen",
             "main": "all of these undone: the step as on main"}
 
 
@@ -122,13 +125,16 @@ class _Bench:
       config.model.bn_backward = "autodiff"
     if variant in ("lax_small_convs", "main"):
       config.model.im2col_max_positions = 0
+    if variant in ("ynnpack_convs", "main"):
+      config.model.cpu_conv_library = "ynnpack"
     self.config = config
     trainer = train.make_trainer(config, mesh)
     if variant in ("no_donation", "main"):  # The same step jitted without donating the train state.
       step_fn = train.make_train_step(config, mesh, trainer.graphdef, trainer.tx, trainer.schedule)
+      options = conv_lib.compiler_options(config.model.cpu_conv_library, mesh.devices.flat[0].platform)
       trainer = dataclasses.replace(trainer, step=jax.jit(
           step_fn, in_shardings=(trainer.state_sharding, sharding.batch_sharding(mesh)),
-          out_shardings=(trainer.state_sharding, sharding.replicated(mesh))))
+          out_shardings=(trainer.state_sharding, sharding.replicated(mesh)), compiler_options=options))
     t0 = time.perf_counter()
     self.state = trainer.init()
     jax.block_until_ready(self.state)

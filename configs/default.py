@@ -101,6 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Speed options (how the step is computed, not what: same values and gradients to float32 rounding).
   c.model.bn_backward = "custom_vjp"  # BatchNorm's backward: "custom_vjp" (hand-written) or "autodiff".
   c.model.im2col_max_positions = 4  # Convs onto 2-D maps of <= this many positions as patch matmuls (0: off).
+  c.model.cpu_conv_library = "eigen"  # XLA:CPU's convolutions: "eigen" or "ynnpack" (XLA's default); CPU only.
 
   c.loss = ml_collections.ConfigDict()
   c.loss.pairs = ml_collections.ConfigDict()  # Weight of each InfoNCE pair "a_b" (0 disables).

@@ -1,4 +1,6 @@
 """Tests for avcl.models: shapes, norms, parameter counts, BatchNorm modes, bf16, TSM shift, jit+grad."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ from flax import nnx
 
 from avcl import config_validation
 from avcl.models import BatchNorm, build_model, count_params, model_summary, param_counts, set_bn_groups
+from avcl.models import conv as conv_lib
 from avcl.models import model as model_lib
 from avcl.models.conv import ConvImpl
 from avcl.models.tsm_resnet import TSMResNet, stem_downsampling, temporal_shift
@@ -650,7 +653,6 @@ def test_encode_stats_of_another_encoder_names_it():
     ((6, 8, 8, 5), (3, 3, 5, 7), 1, False),  # 8x8: lax's own kernel
 ])
 def test_conv_general_dilated_matches_lax_values_and_gradients(shape, kernel, stride, im2col):
-  from avcl.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.key(0), shape)
   k = jax.random.normal(jax.random.key(1), kernel)
   dn = ("NHWC", "HWIO", "NHWC")
@@ -711,7 +713,6 @@ def test_speed_options_reach_every_module_and_keep_values_and_gradients():
 
 def test_conv_factory_1d_uses_lax():
   """1-D (waveform) convolutions go straight to lax, strided and dilated alike."""
-  from avcl.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.key(0), (3, 40, 2))
   for kwargs in (dict(strides=5, padding=((5, 5),)), dict(dilation=2)):
     m = conv_lib.conv(2, 4, (3,), rngs=nnx.Rngs(0), **kwargs)
@@ -719,3 +720,46 @@ def test_conv_factory_1d_uses_lax():
         x, m.kernel[...], (kwargs.get("strides", 1),), kwargs.get("padding", "SAME"),
         rhs_dilation=(kwargs.get("dilation", 1),), dimension_numbers=("NWC", "WIO", "NWC"))
     np.testing.assert_allclose(np.asarray(m(x)), np.asarray(ref), rtol=1e-6, atol=1e-6)
+
+
+def _convolutions_outside_ynnpack(hlo_text: str) -> int:
+  """Convolutions of an optimised XLA:CPU module that run as XLA's own (Eigen) kernel: those not inside a
+  computation that a YNNPACK fusion (`__ynn_fusion`) calls."""
+  ynn_bodies = {m for m in re.findall(r"calls=%([\w.\-]+)[^\n]*__ynn_fusion", hlo_text)}
+  count, body = 0, None
+  for line in hlo_text.splitlines():
+    head = re.match(r"(?:ENTRY )?%([\w.\-]+) ", line)
+    if head and line.rstrip().endswith("{"):
+      body = head.group(1)
+    elif " convolution(" in line and body not in ynn_bodies:
+      count += 1
+  return count
+
+
+def test_cpu_conv_library_is_a_compile_option_with_the_same_values_and_gradients():
+  """config model.cpu_conv_library: "eigen" compiles the same program with XLA:CPU's convolutions out of
+  YNNPACK (the option takes effect on this jaxlib: more convolutions as XLA's own kernel), with the same
+  loss and gradients as "ynnpack" (XLA's default) to float32 rounding; other platforms get no option."""
+  assert conv_lib.compiler_options("eigen", "gpu") is None and conv_lib.compiler_options("eigen", "tpu") is None
+  assert conv_lib.compiler_options("ynnpack", "cpu") is None
+  with pytest.raises(ValueError, match="cpu_conv_library must be one of"):
+    conv_lib.compiler_options("onednn", "cpu")
+  # 32 channels: YNNPACK (XLA's default) takes convolutions of this size, not those of 8 channels or fewer.
+  x = jax.random.normal(jax.random.key(0), (4, 16, 16, 32))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 32, 32)) * 0.1
+  ct = jax.random.normal(jax.random.key(2), (4, 16, 16, 32))
+
+  def loss(x, k):
+    y = jax.nn.relu(jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    return jnp.sum(y * ct)
+
+  lowered = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k)
+  compiled = {lib: lowered.compile(compiler_options=conv_lib.compiler_options(lib, "cpu"))
+              for lib in conv_lib.CPU_CONV_LIBRARIES}
+  outside = {lib: _convolutions_outside_ynnpack(c.as_text()) for lib, c in compiled.items()}
+  assert outside["eigen"] == 3 and outside["ynnpack"] < 3, outside  # forward, input and kernel gradient
+  (v_e, g_e), (v_y, g_y) = compiled["eigen"](x, k), compiled["ynnpack"](x, k)
+  np.testing.assert_allclose(float(v_e), float(v_y), rtol=1e-5)
+  for a, b in zip(g_e, g_y):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+

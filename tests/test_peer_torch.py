@@ -39,6 +39,11 @@ def test_table_ratio_and_missing_peer():
   lines = table.splitlines()
   assert lines[2] == "| a | 150 | 300 | 2.00x |"
   assert lines[3] == "| b | - | 80 | - |"
+  # Several avcl columns (--cpu-conv-library eigen,ynnpack), each with its ratio, from one round robin.
+  table = peer_torch.format_table([("a", [300.0, 450.0], 150.0)], "2.13.0", libraries=["eigen", "ynnpack"])
+  head, _, row = table.splitlines()
+  assert "eigen convs) ms" in head and "ynnpack convs) / PyTorch" in head
+  assert row == "| a | 150 | 300 | 2.00x | 450 | 3.00x |"
 
 
 @pytest.mark.skipif(not os.path.exists(TORCH_PYTHON),

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 from avcl import checkpoints, config_validation, frontend, optim, sharding, train
+from avcl.models import conv as conv_lib
 from benchmarks import scale_check
 from configs import default as default_config
 from configs import test_tiny
 from tests import tiny_data
+from tests.test_models import _convolutions_outside_ynnpack
 
 # Faster compiles for the step functions tests jit themselves (the values differ only by float rounding).
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -187,6 +189,7 @@ def test_weight_decay_skips_biases_and_norms(name):
     ("seed", -1, "seed=-1 must be an integer in [0, 2147483647]"),
     ("model.bn_backward", "fast", "model.bn_backward='fast' must be one of 'custom_vjp', 'autodiff'"),
     ("model.im2col_max_positions", -1, "model.im2col_max_positions=-1 must be an integer >= 0"),
+    ("model.cpu_conv_library", "onednn", "model.cpu_conv_library='onednn' must be one of 'eigen', 'ynnpack'"),
 ])
 def test_invalid_field_is_named(field, value, message):
   config = default_config.get_config()
@@ -436,6 +439,7 @@ def test_resume_with_changed_config_is_refused_naming_every_field(tmp_path, no_t
   assert checkpoints.resumable("eval.tasks") and not checkpoints.resumable("evaluation.x")
   assert not checkpoints.resumable("data.root") and not checkpoints.resumable("train.num_steps_x")
   assert checkpoints.resumable("model.bn_backward") and checkpoints.resumable("model.im2col_max_positions")
+  assert checkpoints.resumable("model.cpu_conv_library")
   assert not checkpoints.resumable("model.dtype")
   assert "--allow_config_change" in msg
   # Nothing was overwritten or logged by the refused resume.
@@ -530,3 +534,24 @@ def test_train_batches_after_a_resume_are_the_uninterrupted_ones(tmp_path_factor
       for key in x:
         np.testing.assert_array_equal(x[key], y[key], err_msg=f"process {p}, step {5 + k}, {key}")
     assert not np.array_equal(full[5]["audio"], full[6]["audio"])  # The comparison sees distinct batches.
+
+
+def test_step_compiles_with_the_configured_cpu_conv_library():
+  """make_trainer passes config model.cpu_conv_library to the step's compile on CPU: with "eigen" every
+  convolution of the step runs as XLA's own kernel, with "ynnpack" (XLA's default) some go to YNNPACK."""
+  outside, total = {}, {}
+  for lib in conv_lib.CPU_CONV_LIBRARIES:
+    config = test_tiny.get_config()
+    config.model.cpu_conv_library = lib
+    config.model.logmel.width = 32  # YNNPACK (XLA's default) leaves test_tiny's 4-channel convolutions alone.
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    trainer = train.make_trainer(config, mesh)
+    b, spec = config.train.global_batch_size, sharding.batch_sharding(mesh)
+    samples = round(config.data.clip_seconds * config.audio.sample_rate)
+    frames, size = round(config.data.clip_seconds * config.data.fps), config.data.frame_size
+    batch = {"audio": jax.ShapeDtypeStruct((b, samples), np.float32, sharding=spec),
+             "frames": jax.ShapeDtypeStruct((b, frames, size, size, 3), np.uint8, sharding=spec)}
+    hlo = trainer.step.lower(trainer.abstract_state, batch).compile().as_text()
+    outside[lib], total[lib] = _convolutions_outside_ynnpack(hlo), hlo.count(" convolution(")
+  assert outside["eigen"] == total["eigen"] > 0, (outside, total)
+  assert outside["ynnpack"] < total["ynnpack"], (outside, total)

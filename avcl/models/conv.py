@@ -40,6 +40,31 @@ def lecun_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax
   return (_bucketed_normal(key, shape) * math.sqrt(1.0 / fan_in)).astype(dtype)
 
 
+# config.model.cpu_conv_library: the library XLA:CPU runs convolutions (and their gradients) with. "ynnpack" is
+# XLA's own default (jaxlib 0.10: YNNPACK fusions for convolutions, dots and elementwise neighbours); "eigen"
+# keeps YNNPACK for the dots only, so that convolutions go to XLA's Eigen kernels. Why: on the 2-core AMD EPYC
+# (AVX-512) Eigen ran the kernel gradient of a 3x3 convolution 1.6-3.4x faster than YNNPACK (32 x 96 x 64 x 32:
+# 79 vs 128 ms; 32 x 48 x 32 x 128: 90 vs 273 ms), and the default train step 1.12x faster
+# (benchmarks/train_step.py --compare ynnpack_convs; benchmarks/README.md). A compile option, not an op of
+# the program: the step's HLO is the same, only XLA:CPU's choice of kernels differs (values and gradients agree
+# to float32 rounding, tests/test_models.py). Other backends ignore it.
+CPU_CONV_LIBRARIES = ("eigen", "ynnpack")
+_YNN_FUSION_TYPES = {"eigen": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def compiler_options(cpu_conv_library: str, platform: str) -> dict[str, str] | None:
+  """`jax.jit(..., compiler_options=)` for a step compiled for `platform` ("cpu", "gpu", "tpu").
+
+  None (XLA's defaults) off the CPU, or for "ynnpack"; for "eigen", XLA:CPU's YNNPACK fusion types narrowed
+  to single dots (DebugOptions.xla_cpu_experimental_ynn_fusion_type), which sends convolutions to Eigen.
+  """
+  if cpu_conv_library not in CPU_CONV_LIBRARIES:
+    raise ValueError(f"cpu_conv_library must be one of {CPU_CONV_LIBRARIES}, got {cpu_conv_library!r}")
+  if platform != "cpu" or cpu_conv_library not in _YNN_FUSION_TYPES:
+    return None
+  return {"xla_cpu_experimental_ynn_fusion_type": _YNN_FUSION_TYPES[cpu_conv_library]}
+
+
 # Default of `im2col_max_positions` (config `model.im2col_max_positions`): output maps with at most this many
 # positions are convolved as one matmul over explicit patches (im2col).
 IM2COL_MAX_POSITIONS = 4

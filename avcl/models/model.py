@@ -17,7 +17,7 @@ from avcl.evaluate import config as eval_config
 from avcl.evaluate.config import ENCODE_LAYERS
 from avcl.models import cnn14, res1dnet, resnet_audio, tsm_resnet
 from avcl.models.batch_norm import BatchNorm, set_bn_groups
-from avcl.models.conv import IM2COL_MAX_POSITIONS, ConvImpl
+from avcl.models.conv import CPU_CONV_LIBRARIES, IM2COL_MAX_POSITIONS, ConvImpl
 from avcl.models.heads import ProjectionHead, l2_normalize
 
 # The encoders, each a module that owns its name, its slot (config.model.<slot>), its fields' checks and how
@@ -60,6 +60,7 @@ def check_config(c: config_check.Checker) -> dict[str, bool | None]:
   # Speed options (same values and gradients to float32 rounding; configs stored before them lack them).
   c.choice("bn_backward", BN_BACKWARDS)
   c.integer("im2col_max_positions", 0)
+  c.choice("cpu_conv_library", CPU_CONV_LIBRARIES)
   if c.root:
     _check_eval_features(c, present)
   return present
