@@ -437,7 +437,7 @@ def test_run_names_distinct_and_readable():
     dsl.run_names([{"k": 1}, {"k": 1}])
 
 
-SWEEPS = ["tiny", "av_vs_audio", "resolution", "mixing_batch"]
+SWEEPS = ["tiny", "av_vs_audio", "av_vs_audio_default", "resolution", "mixing_batch"]
 
 
 @pytest.mark.parametrize("name", SWEEPS)
@@ -473,13 +473,25 @@ def test_shipped_sweeps_override_real_fields(name):
     assert len(runs) == len(points) * len(seeds)  # Every point at every seed.
 
 
-def test_av_vs_audio_changes_the_pair_only():
-  runs = sweep.load_sweep("configs/sweeps/av_vs_audio.py")
+@pytest.mark.parametrize("name", ["av_vs_audio", "av_vs_audio_default"])
+def test_av_vs_audio_changes_the_pair_only(name):
+  runs = sweep.load_sweep(f"configs/sweeps/{name}.py")
   av = [r for r in runs if r["loss.pairs.logmel_video"] == 1.0]
   ao = [r for r in runs if r["loss.pairs.logmel_video"] == 0.0]
   assert len(av) == len(ao) == 3
   assert all(r["loss.pairs.logmel_logmel2"] == 1.0 and r["model.video.name"] == "" for r in ao)
   assert all(r["loss.pairs.logmel_logmel2"] == 0.0 and r["model.video.name"] == "tsm_resnet" for r in av)
+
+
+def test_av_vs_audio_default_is_the_default_run_but_for_baselines():
+  """Its audio-visual arm at seed s is `configs/default.py --config.seed=s` (the README's run) in every field
+  that training reads; only the evaluation's baselines differ."""
+  from configs import default
+  from configs.sweeps import av_vs_audio_default
+  base, ours = default.get_config().to_dict(), av_vs_audio_default.get_config().to_dict()
+  assert ours["eval"].pop("baselines") == ("logmel",)
+  base["eval"].pop("baselines")
+  assert ours == base
 
 
 def test_sweep_dry_run_lists_distinct_workdirs(capsys, no_subprocess, tmp_path):
@@ -559,7 +571,7 @@ def test_summary_reference_rows_and_plots(tmp_path):
     study_plots.check_spec({"file": "q.png", "x": "seed", "colour": "red"}, ["seed"])
 
 
-@pytest.mark.parametrize("name", ["av_vs_audio", "resolution", "mixing_batch"])
+@pytest.mark.parametrize("name", ["av_vs_audio", "av_vs_audio_default", "resolution", "mixing_batch"])
 def test_study_sweeps_declare_valid_plots(name):
   path = os.path.join("configs", "sweeps", f"{name}.py")
   assert sweep.load_plots(path, sweep.load_sweep(path))
