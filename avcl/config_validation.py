@@ -31,6 +31,7 @@ def _check_data(c: config_check.Checker) -> None:
   c.check("root", lambda v: isinstance(v, str) and v.strip() != "", "be a non-empty path")
   c.boolean("generate_if_missing")
   c.integer("world_clips", 0)
+  c.integer("world_task_clips", 0, default=0)  # Configs stored before the field generated tasks as world_clips.
   c.real("clip_seconds", 0, lo_open=True)
   c.real("fps", 0, lo_open=True)
   c.integer("frame_size", 8, 1024)

@@ -142,6 +142,8 @@ def ensure_world(config) -> None:
           cmd = [sys.executable, "-m", "data_pipeline.world", "--output", root]
           if config.data.world_clips:
             cmd += ["--clips", str(config.data.world_clips)]
+          if config.data.get("world_task_clips", 0):
+            cmd += ["--task-clips", str(config.data.world_task_clips)]
           logging.info("Generating the embedded world: %s", " ".join(cmd))
           env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # Generation is CPU work; leave GPUs to JAX.
           subprocess.run(cmd, check=True, env=env)

@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.root = default_data_root()  # Embedded world (or any dir with the same layout).
   c.data.generate_if_missing = True  # Generate the embedded world at data.root when absent.
   c.data.world_clips = 0  # Embedded world size when generated (0: the generator's default).
+  c.data.world_task_clips = 0  # Task splits sized as for this many pretraining clips (0: as world_clips).
   c.data.clip_seconds = 1.5  # Seconds per training crop; audio and frames are cut at the same instant.
   c.data.fps = 5.0  # Frames per second fed to the video encoder (stored frames are subsampled).
   c.data.frame_size = 32  # Video resolution in px (the paper's lever: low resolution, large batch).

@@ -237,13 +237,30 @@ def test_split_sizes_scale_with_clips():
   assert sum(s.split_dir == "pretrain" for s in plan.specs) == 200
 
 
+def test_task_clips_holds_the_tasks_fixed_while_pretraining_grows():
+  """A world of 4N pretraining clips with task_clips=N has the N-clip world's tasks, clip for clip (same
+  specs, hence the same rendered bytes), and the N-clip world's pretraining clips as its first N."""
+  small, big = generator.plan_world(0, 200), generator.plan_world(0, 800, task_clips=200)
+  tasks = [s for s in small.specs if s.split_dir != "pretrain"]
+  assert tasks and tasks == [s for s in big.specs if s.split_dir != "pretrain"]
+  pre_small = [s for s in small.specs if s.split_dir == "pretrain"]
+  pre_big = [s for s in big.specs if s.split_dir == "pretrain"]
+  assert len(pre_big) == 800 and pre_big[:200] == pre_small
+  assert big.classes == small.classes
+  # Without task_clips the task splits grow with the world (the default behaviour).
+  grown = generator.plan_world(0, 800)
+  assert sum(s.split_dir != "pretrain" for s in grown.specs) > len(tasks)
+  with pytest.raises(ValueError, match="task_clips"):
+    generator.plan_world(0, 8, task_clips=-1)
+
+
 def test_cli_help_and_bad_arguments(capsys, tmp_path):
   with pytest.raises(SystemExit) as e:
     generator.main(["--help"])
   assert e.value.code == 0
   assert "--clips" in capsys.readouterr().out
   for bad, field in ((["--clips", "0"], "--clips"), (["--seed", "-1"], "--seed"),
-                     (["--workers", "0"], "--workers")):
+                     (["--workers", "0"], "--workers"), (["--task-clips", "-1"], "--task-clips")):
     with pytest.raises(SystemExit) as e:
       generator.main(["--output", str(tmp_path)] + bad)
     assert e.value.code == 2

@@ -1,4 +1,7 @@
-"""python -m data_pipeline.world --output DIR [--clips N] [--seed S] [--workers W]: see `generator.main`."""
+"""python -m data_pipeline.world --output DIR [--clips N] [--task-clips M] [--seed S] [--workers W].
+
+See `generator.main`.
+"""
 import sys
 
 from data_pipeline.world import generator

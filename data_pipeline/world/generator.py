@@ -2,7 +2,7 @@ r"""The embedded audio-visual world: a small but real pretraining set and five d
 offline from registry packages only (eSpeak NG voices, the TimGM6mb General MIDI soundfont), deterministic
 from one seed.
 
-    python -m data_pipeline.world --output DIR [--clips N] [--seed S] [--workers W]
+    python -m data_pipeline.world --output DIR [--clips N] [--task-clips M] [--seed S] [--workers W]
 
 Layout (design.md, "Embedded world layout"):
 
@@ -317,21 +317,30 @@ class WorldPlan:
   specs: list  # ClipSpec, grouped by (split_dir, split) in writing order.
 
 
-def plan_world(seed: int, clips: int) -> WorldPlan:
-  """Everything about the world except the rendered bytes (cheap: no synthesis)."""
+def plan_world(seed: int, clips: int, task_clips: int | None = None) -> WorldPlan:
+  """Everything about the world except the rendered bytes (cheap: no synthesis).
+
+  task_clips: the task splits are sized as for a world of this many pretraining clips (`split_sizes`);
+  None or 0: `clips`. Each task and the pretraining set draw from their own random streams, so a world of
+  4N pretraining clips with task_clips=N has the N-clip world's tasks, clip for clip, and its first N
+  pretraining clips: more pretraining data with the tasks held fixed.
+  """
   if clips < 1:
     raise ValueError(f"clips={clips}: the world needs at least 1 pretraining clip")
+  if task_clips is not None and task_clips < 0:
+    raise ValueError(f"task_clips={task_clips}: must be >= 0 (0: as clips)")
+  sized = task_clips or clips
   if seed < 0:
     raise ValueError(f"seed={seed}: must be >= 0")
   pools = speaker_pools(seed)
   programs = instrument_programs(seed)
   specs = plan_pretrain(seed, clips, pools)
   classes = {}
-  for task, (names, task_specs) in (("keyword", plan_keyword(seed, clips, pools)),
-                                     ("speaker", plan_speaker(seed, clips, pools)),
-                                     ("language", plan_language(seed, clips, pools)),
-                                     ("instrument", plan_instrument(seed, clips, programs)),
-                                     ("sound_events", plan_sound_events(seed, clips, pools))):
+  for task, (names, task_specs) in (("keyword", plan_keyword(seed, sized, pools)),
+                                     ("speaker", plan_speaker(seed, sized, pools)),
+                                     ("language", plan_language(seed, sized, pools)),
+                                     ("instrument", plan_instrument(seed, sized, programs)),
+                                     ("sound_events", plan_sound_events(seed, sized, pools))):
     classes[task] = tuple(names)
     specs += task_specs
   return WorldPlan(seed, clips, pools, programs, classes, specs)
@@ -376,10 +385,12 @@ GENERATING_MARKER = "GENERATING"
 
 
 def generate(output: str, clips: int | None = None, seed: int = 0, workers: int | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, task_clips: int | None = None) -> dict:
   """Generates the world into `output` and returns the contents of its world.json.
 
   clips: pretraining clips; None or 0 mean DEFAULT_CLIPS (as `config.data.world_clips` does).
+  task_clips: size the task splits as for this many pretraining clips (`plan_world`); None or 0: `clips`
+  (as `config.data.world_task_clips` does).
   workers: processes rendering clips (None: os.cpu_count()); the output does not depend on it.
   """
   if not clips:
@@ -390,7 +401,7 @@ def generate(output: str, clips: int | None = None, seed: int = 0, workers: int 
     raise ValueError(f"workers={workers}: must be >= 1")
   # Before any folder or worker: a plain `pip install -e .` lacks tinysoundfont (see data_pipeline.optional).
   optional.require("tinysoundfont", "generating the embedded world (data_pipeline.world)")
-  plan = plan_world(seed, clips)
+  plan = plan_world(seed, clips, task_clips)
   # TensorFlow (for the TFRecord writer) takes seconds to import: do it while the workers render.
   tf_import = threading.Thread(target=tf_cpu.import_tf, daemon=True)
   tf_import.start()
@@ -462,6 +473,7 @@ def generate(output: str, clips: int | None = None, seed: int = 0, workers: int 
       "format_version": schema.FORMAT_VERSION,
       "seed": seed,
       "clips": clips,
+      "task_clips": task_clips or clips,
       "counts": counts,
       "total_clips": sum(counts.values()),
       "record_bytes": total_bytes,
@@ -497,6 +509,9 @@ def main(argv=None) -> int:
   parser.add_argument("--clips", type=int, default=DEFAULT_CLIPS,
                       help=f"pretraining clips (default {DEFAULT_CLIPS}); task splits scale with it: "
                            "train N/8, validation N/20, test 3N/40 (at least 8/4/4)")
+  parser.add_argument("--task-clips", type=int, default=0,
+                      help="size the task splits as for a world of this many pretraining clips (default 0: "
+                           "--clips); the tasks are then those of that world, clip for clip")
   parser.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
   parser.add_argument("--workers", type=int, default=None,
                       help="worker processes (default: os.cpu_count()); the output does not depend on it")
@@ -506,12 +521,14 @@ def main(argv=None) -> int:
     parser.error(f"--clips must be >= 1, got {args.clips}")
   if args.seed < 0:
     parser.error(f"--seed must be >= 0, got {args.seed}")
+  if args.task_clips < 0:
+    parser.error(f"--task-clips must be >= 0 (0: as --clips), got {args.task_clips}")
   if args.workers is not None and args.workers < 1:
     parser.error(f"--workers must be >= 1, got {args.workers}")
   optional.exit_if_missing("tinysoundfont", "python -m data_pipeline.world")
   start = time.time()
   world = generate(args.output, clips=args.clips, seed=args.seed, workers=args.workers,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, task_clips=args.task_clips)
   seconds = time.time() - start
   print(f"embedded world: {world['total_clips']} clips ({world['record_bytes'] / 2**20:.1f} MiB of records) "
         f"in {seconds:.1f} s -> {args.output}")
