@@ -43,11 +43,12 @@ def lecun_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax
 # config.model.cpu_conv_library: the library XLA:CPU runs convolutions (and their gradients) with. "ynnpack" is
 # XLA's own default (jaxlib 0.10: YNNPACK fusions for convolutions, dots and elementwise neighbours); "eigen"
 # keeps YNNPACK for the dots only, so that convolutions go to XLA's Eigen kernels. Why: on the 2-core AMD EPYC
-# (AVX-512) Eigen ran the kernel gradient of a 3x3 convolution 1.6-3.4x faster than YNNPACK (32 x 96 x 64 x 32:
-# 79 vs 128 ms; 32 x 48 x 32 x 128: 90 vs 273 ms), and the default train step 1.12x faster
-# (benchmarks/train_step.py --compare ynnpack_convs; benchmarks/README.md). A compile option, not an op of
+# (AVX-512) Eigen ran the kernel gradient of a 3x3 convolution 1.2-3.4x faster than YNNPACK at 8-256 channels
+# (32 x 96 x 64 x 32: 79 vs 128 ms; 32 x 48 x 32 x 128: 90 vs 273 ms; one shape, 16 channels on a 75 x 32 map,
+# 0.87x), the default train step 1.05-1.12x and ResNetAudio at width 64 1.92x faster (benchmarks/README.md,
+# "After model.cpu_conv_library"). A compile option of the train step (avcl.train.make_trainer), not an op of
 # the program: the step's HLO is the same, only XLA:CPU's choice of kernels differs (values and gradients agree
-# to float32 rounding, tests/test_models.py). Other backends ignore it.
+# to float32 rounding, tests/test_models.py). Other backends ignore it; evaluation keeps XLA's default.
 CPU_CONV_LIBRARIES = ("eigen", "ynnpack")
 _YNN_FUSION_TYPES = {"eigen": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
