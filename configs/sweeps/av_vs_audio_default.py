@@ -9,8 +9,8 @@ configs/default.py unchanged otherwise: 600 steps at batch 64, the default evalu
 features over 1.5 s windows), so that the audio-visual arm trains exactly as the README's default run (its
 config differs only in eval.baselines; tests/test_launch.py). The study base's 300 steps left the
 audio-visual task barely started (top-1 6-8%); no recipe tried at this budget beat the default on validation
-(docs/evaluation.md), so the default is the chosen recipe. Only the log-mel baseline is evaluated beside each run (the fair random
-encoder is in the default run's own table).
+(docs/evaluation.md), so the default is the chosen recipe. Only the log-mel baseline is evaluated beside
+each run (the fair random encoder is in the default run's own table).
 
 Sized for: the embedded world on a 2-core CPU machine: 6 runs, ~7-10 min of pretraining plus ~3 min of
 evaluation each. Measured, with every run, in docs/study.md ("Study 1 at the default budget").
