@@ -67,9 +67,13 @@ def test_log_mel_matches_librosa(mel_scale, dft, source):
   # 1e-4 relative on the mel power itself, for bands within 60 dB of their frame's loudest band: float32
   # cannot resolve bands further down (a chirp's far bands sit 80 dB below it; errors there are ~1e-7
   # of the frame's energy, as for librosa itself on float32 input).
+  # The matmul DFT sums win_length = 400 float32 products per bin, in the order of the CPU's matmul kernel:
+  # on the chirp, numpy's own float32 matmul reaches 7.8e-5 and XLA:CPU's AVX2 kernel (an AMD EPYC without
+  # AVX-512, 2026-12-03) 1.5e-4, against 9e-8 in float64. So it gets 5e-4 (0.002 dB; the frontend's
+  # contract is 0.01 dB), the FFT 1e-4.
   within = ref >= ref.max(axis=-1, keepdims=True) - np.log(1e6)
   rel = np.abs(np.expm1(ours.astype(np.float64) - ref))[within]
-  assert rel.max() < 1e-4, rel.max()
+  assert rel.max() < (5e-4 if dft == "matmul" else 1e-4), rel.max()
 
 
 def test_other_parameters_and_no_center():
