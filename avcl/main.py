@@ -35,6 +35,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from avcl import host_memory  # ctypes only: no JAX or TensorFlow at import.
 from data_pipeline import optional, paths, tf_cpu
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -190,8 +191,11 @@ def main(argv):
   initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
-  logging.info("JAX %s: %d processes, %d devices (%d local) on %s", jax.__version__, jax.process_count(),
-               jax.device_count(), jax.local_device_count(), jax.devices()[0].platform)
+  # On the CPU backend XLA's buffers come from the C allocator: keep freed pages mapped (avcl/host_memory.py).
+  allocator = host_memory.apply(platform=jax.default_backend())
+  logging.info("JAX %s: %d processes, %d devices (%d local) on %s; host allocator policy %s", jax.__version__,
+               jax.process_count(), jax.device_count(), jax.local_device_count(), jax.devices()[0].platform,
+               allocator)
   from avcl import checkpoints, config_validation, exit_codes, train  # pylint: disable=g-import-not-at-top
   try:
     out = run(_CONFIG.value, _WORKDIR.value, _MODE.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)

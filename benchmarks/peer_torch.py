@@ -51,6 +51,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from avcl import host_memory  # noqa: E402
 from avcl.models import conv as conv_lib  # noqa: E402
 from avcl.models.cnn14 import Cnn14  # noqa: E402
 from avcl.models.resnet_audio import ResNetAudio  # noqa: E402
@@ -275,6 +276,8 @@ def format_table(rows, torch_version, dtype="float32", libraries=None):
 
 
 def main(argv=None):
+  # What avcl's entry points do on the CPU: keep freed pages mapped for XLA's buffers (avcl/host_memory.py).
+  host_memory.apply(platform=jax.default_backend())
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--setup", action="store_true", help=f"make {TORCH_VENV} with {TORCH_PIN} and exit")
   p.add_argument("--widths", default="8,32,64", help="ResNetAudio widths")

@@ -41,6 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from avcl import (
+  host_memory,  # noqa: E402
   sharding,  # noqa: E402
   train,  # noqa: E402
 )
@@ -183,6 +184,8 @@ class _Bench:
 
 
 def main():
+  # What avcl's entry points do on the CPU: keep freed pages mapped for XLA's buffers (avcl/host_memory.py).
+  host_memory.apply(platform=jax.default_backend())
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--configs", default="default,paper", help="comma-separated: default, paper")
   p.add_argument("--paper_batch", type=int, default=4, help="global batch of the paper-size config")

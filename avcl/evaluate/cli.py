@@ -9,7 +9,9 @@ import argparse
 import logging
 import sys
 
-from avcl import checkpoints
+import jax
+
+from avcl import checkpoints, host_memory
 from avcl.evaluate import config as eval_config
 from avcl.evaluate import curve, runner
 from avcl.evaluate import tasks as tasks_lib
@@ -48,6 +50,8 @@ def main(argv=None) -> int:
     raise SystemExit("error: --curve scores every kept checkpoint without fine-tuning: drop --step/--finetune")
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
   logging.getLogger("avcl").setLevel(logging.INFO)  # Our progress lines, without orbax's INFO chatter.
+  # On the CPU backend XLA's buffers come from the C allocator: keep freed pages mapped (avcl/host_memory.py).
+  logging.getLogger("avcl").info("host allocator policy %s", host_memory.apply(platform=jax.default_backend()))
   config = None
   overrides = {"data.root": args.data_root, "eval.tfds_data_dir": args.tfds_data_dir,
                "eval.audioset_dir": args.audioset_dir,
