@@ -180,6 +180,10 @@ def run(config, workdir: str, mode: str, *, allow_config_change: bool = False) -
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    allocator_policy = host_memory.policy_from_env()  # A bad $AVCL_HOST_MALLOC fails before anything loads.
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   if will_generate_world(_CONFIG.value):
     # First, before TensorFlow and JAX load (seconds): a plain `pip install -e .` lacks tinysoundfont.
     optional.exit_if_missing("tinysoundfont", "python -m avcl.main (generating the embedded world at "
@@ -192,7 +196,7 @@ def main(argv):
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
   # On the CPU backend XLA's buffers come from the C allocator: keep freed pages mapped (avcl/host_memory.py).
-  allocator = host_memory.apply(platform=jax.default_backend())
+  allocator = host_memory.apply(allocator_policy, platform=jax.default_backend())
   logging.info("JAX %s: %d processes, %d devices (%d local) on %s; host allocator policy %s", jax.__version__,
                jax.process_count(), jax.device_count(), jax.local_device_count(), jax.devices()[0].platform,
                allocator)

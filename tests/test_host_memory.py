@@ -56,3 +56,14 @@ def test_auto_leaves_accelerator_processes_alone():
 def test_unknown_policy_is_refused():
   with pytest.raises(ValueError, match="policy must be one of"):
     host_memory.apply("never")
+
+
+@pytest.mark.parametrize("module", ["avcl.main", "avcl.evaluate"])
+def test_entry_points_refuse_a_bad_policy_by_name(module, tmp_path):
+  args = ["--config", "configs/default.py"] if module == "avcl.main" else []
+  proc = subprocess.run([sys.executable, "-m", module, *args, "--workdir", str(tmp_path)], cwd=ROOT,
+                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT,
+                                                             host_memory.ENV: "tcmalloc"})
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert "error: $AVCL_HOST_MALLOC='tcmalloc' is not a host allocator policy" in proc.stderr
+  assert "Traceback" not in proc.stderr

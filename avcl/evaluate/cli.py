@@ -51,7 +51,11 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
   logging.getLogger("avcl").setLevel(logging.INFO)  # Our progress lines, without orbax's INFO chatter.
   # On the CPU backend XLA's buffers come from the C allocator: keep freed pages mapped (avcl/host_memory.py).
-  logging.getLogger("avcl").info("host allocator policy %s", host_memory.apply(platform=jax.default_backend()))
+  try:
+    allocator = host_memory.apply(platform=jax.default_backend())
+  except ValueError as e:  # A bad $AVCL_HOST_MALLOC.
+    raise SystemExit(f"error: {e}") from None
+  logging.getLogger("avcl").info("host allocator policy %s", allocator)
   config = None
   overrides = {"data.root": args.data_root, "eval.tfds_data_dir": args.tfds_data_dir,
                "eval.audioset_dir": args.audioset_dir,
