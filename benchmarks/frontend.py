@@ -1,6 +1,6 @@
 r"""Log-mel throughput: avcl's jitted frontend vs librosa vs tf.signal, same parameters.
 
-    python -m benchmarks.frontend [--sizes 64x2,32x10] [--repeats 5] [--no-tf] [--host-malloc keep|system]
+    python -m benchmarks.frontend [--sizes 64x2,32x10] [--repeats 5] [--no-tf] [--host-malloc auto|keep|system]
 
 avcl is timed with both choices of `config.audio.stft` ("fft": XLA's FFT; "matmul": a windowed DFT matrix).
 The two "alone" rows time just the real FFT of the frames (XLA's and numpy's): a floor under any
@@ -153,9 +153,9 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--no-tf", action="store_true", help="skip tf.signal")
   parser.add_argument("--host-malloc", choices=host_memory.POLICIES, default=None,
-                      help="C allocator policy of this process (default: $AVCL_HOST_MALLOC or keep)")
+                      help="C allocator policy of this process (default: $AVCL_HOST_MALLOC or auto)")
   args = parser.parse_args(argv)
-  host_policy = host_memory.apply(args.host_malloc)
+  host_policy = host_memory.apply(args.host_malloc, platform=jax.default_backend())
   for size in args.sizes.split(","):
     clips, seconds = size.split("x")
     run(int(clips), float(seconds), args.repeats, not args.no_tf, host_policy)
