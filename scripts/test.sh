@@ -3,6 +3,10 @@
 # The Beam ingest tests (tests/test_beam_ingest.py) run in a second environment, .venv-beam, that
 # scripts/setup_beam.sh creates when they are selected (apache-beam pins an older protobuf than .venv's);
 # AVCL_BEAM_TESTS=0 leaves them out.
+# The main suite runs on AVCL_TEST_WORKERS pytest-xdist workers (default 2; 0 runs it in this process):
+# much of it is single-threaded (compiles, interpreter start-up of subprocess tests), so on the 2-core CI
+# machine two workers overlap that with the work that uses both cores. Tests marked multiprocess stay on one
+# worker (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -34,7 +38,8 @@ if [ $run_main = 1 ]; then
   # The Beam tests would only skip in .venv: left out there when they run below.
   ignore=()
   [ $run_beam = 0 ] || ignore=(--ignore="$BEAM_TESTS")
-  .venv/bin/python -m pytest "${ignore[@]}" "${opts[@]}" "${paths[@]}" || status=$?
+  .venv/bin/python -m pytest -n "${AVCL_TEST_WORKERS:-2}" --dist loadgroup "${ignore[@]}" "${opts[@]}" \
+    "${paths[@]}" || status=$?
 fi
 if [ $run_beam = 1 ]; then
   bash scripts/setup_beam.sh
