@@ -1,5 +1,6 @@
 """Test-wide environment: 8 simulated CPU devices (set before JAX is imported), quiet TensorFlow, and XLA's
 persistent compilation cache for every in-process compile."""
+import importlib.util
 import os
 
 import pytest
@@ -12,25 +13,21 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 @pytest.fixture(scope="session", autouse=True)
 def _jax_compilation_cache():
-  """Programs that compile in 0.5 s or more go to tests.tiny_data.JAX_CACHE_DIR, so a test that compiles the
-  same program as an earlier one (test_tiny's train step, an encoder's embed function) loads it instead.
-
-  JAX keys entries by program, flags and version, so a hit is the same executable. Subprocesses do not
-  inherit this (they read JAX_COMPILATION_CACHE_DIR from their environment where a test sets it).
-  """
-  try:
-    import jax  # pylint: disable=g-import-not-at-top
-  except ImportError:  # .venv-beam runs the Beam tests without JAX.
+  """Programs that compile in 0.5 s or more go to the tests' persistent cache (tests.tiny_data), so a test
+  that compiles the same program as an earlier one (test_tiny's train step, an encoder's embed function)
+  loads it instead. JAX keys entries by program, flags and version, so a hit is the same executable.
+  Subprocesses do not inherit this (they read JAX_COMPILATION_CACHE_DIR from their environment where a test
+  sets it)."""
+  if importlib.util.find_spec("jax") is None:  # .venv-beam runs the Beam tests without JAX.
     yield
     return
   from tests import tiny_data  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_compilation_cache_dir", tiny_data.JAX_CACHE_DIR)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  yield
+  with tiny_data.compilation_cache():
+    yield
 
 
 def pytest_collection_modifyitems(config, items):
-  """Under pytest-xdist (scripts/test.sh runs two workers), tests that start several JAX processes share one
+  """Under pytest-xdist (AVCL_TEST_WORKERS in scripts/test.sh), tests that start several JAX processes share one
   worker, so two such groups never run at once: each wants every core, and gloo gives up on a peer that
   reaches the first collective 30 s after the others."""
   del config

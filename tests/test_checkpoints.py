@@ -13,8 +13,7 @@ from tests import test_train, tiny_data
 def trained(tmp_path_factory):
   config = test_tiny.get_config()  # 6 steps, checkpoints at 2, 4, 6.
   work = tmp_path_factory.mktemp("run")
-  with tiny_data.compilation_cache():
-    train.train(config, str(work), batches=(tiny_data.global_batch(s, config) for s in range(6)))
+  train.train(config, str(work), batches=(tiny_data.global_batch(s, config) for s in range(6)))
   return work, config
 
 
@@ -64,8 +63,7 @@ def test_old_layout_checkpoint_restores_and_resumes_exactly(tmp_path, trained):
   want = nnx.to_pure_dict(nnx.state(checkpoints.restore_model(str(work), 4)[0]))
   test_train._assert_trees_close(want, nnx.to_pure_dict(nnx.state(model)), rtol=0, what="old layout")  # pylint: disable=protected-access
 
-  with tiny_data.compilation_cache():
-    out = train.train(config, str(old), batches=(tiny_data.global_batch(s, config) for s in range(4, 6)))
+  out = train.train(config, str(old), batches=(tiny_data.global_batch(s, config) for s in range(4, 6)))
   assert out["status"] == "done" and out["step"] == 6
   manager = checkpoints.make_manager(old, read_only=True)
   assert manager.all_steps() == [4, 6] and not checkpoints.is_old_layout(manager, 6)
@@ -111,8 +109,7 @@ def test_relative_workdir_trains_and_restores(tmp_path, monkeypatch):
   config.train.num_steps = 2
   config.train.checkpoint_every = 2
   monkeypatch.chdir(tmp_path)
-  with tiny_data.compilation_cache():
-    train.train(config, "workdirs/rel", batches=(tiny_data.global_batch(s, config) for s in range(2)))
+  train.train(config, "workdirs/rel", batches=(tiny_data.global_batch(s, config) for s in range(2)))
   assert (tmp_path / "workdirs" / "rel" / "checkpoints" / "2").is_dir()
   assert checkpoints.restore_model("workdirs/rel")[2] == 2
   assert str(checkpoints.absolute("workdirs/rel")) == str(tmp_path / "workdirs" / "rel")

@@ -43,11 +43,10 @@ def run(tmp_path_factory):
   make_world(str(root / "world"), {"train": 16, "validation": 8, "test": 8})
   config = _config(root / "world")
   workdir = str(root / "run")
-  with tiny_data.compilation_cache():
-    out = train.train(config, workdir, batches=_batches(config))
-    assert out["status"] == "done" and out["step"] == 6
-    # Step 0 of that run, computed again the way training computes it (8 devices, as the run).
-    step0 = jax.device_get(train.model_state(train.make_trainer(config, sharding.make_mesh()).init()))
+  out = train.train(config, workdir, batches=_batches(config))
+  assert out["status"] == "done" and out["step"] == 6
+  # Step 0 of that run, computed again the way training computes it (8 devices, as the run).
+  step0 = jax.device_get(train.model_state(train.make_trainer(config, sharding.make_mesh()).init()))
   return workdir, config, step0
 
 

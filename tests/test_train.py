@@ -23,12 +23,6 @@ from tests.test_models import _convolutions_outside_ynnpack
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache():
-  with tiny_data.compilation_cache():
-    yield
-
-
 def _batches(config, start=0):
   step = start
   while True:
