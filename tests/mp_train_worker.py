@@ -11,7 +11,9 @@ import json
 import os
 import signal
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+from tests import xla_test_flags
+
+os.environ["XLA_FLAGS"] = xla_test_flags.xla_flags(2)
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # pylint: disable=g-import-not-at-top
