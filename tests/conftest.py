@@ -5,9 +5,7 @@ import os
 
 import pytest
 
-from tests import xla_test_flags
-
-os.environ.setdefault("XLA_FLAGS", xla_test_flags.xla_flags(8))  # Fast LLVM compiles: see that module.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

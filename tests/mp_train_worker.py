@@ -11,9 +11,7 @@ import json
 import os
 import signal
 
-from tests import xla_test_flags
-
-os.environ["XLA_FLAGS"] = xla_test_flags.xla_flags(2)
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # pylint: disable=g-import-not-at-top

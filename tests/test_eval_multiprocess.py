@@ -8,7 +8,6 @@ import textwrap
 
 import pytest
 
-from tests import xla_test_flags
 from tests.test_eval_checkpoint import write_checkpoint
 from tests.test_eval_runner import make_world, tiny_config
 
@@ -35,7 +34,7 @@ def test_two_processes_evaluate_on_process_zero(tmp_path):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_test_flags.xla_flags(2),
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
              PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
   procs = [subprocess.Popen([sys.executable, "-c", WORKER, f"127.0.0.1:{port}", str(i), workdir],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)

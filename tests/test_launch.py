@@ -14,7 +14,6 @@ import pytest
 from configs.sweeps import dsl
 from data_pipeline import tf_cpu
 from launch import common, gpu, local, procs, sweep, tpu
-from tests import xla_test_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -658,7 +657,7 @@ def jax_cache(tmp_path_factory):
 
 def _cpu_env(cache_dir=None):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = xla_test_flags.xla_flags()  # Each launcher adds its own device count.
+  env.pop("XLA_FLAGS", None)  # Each launcher sets its own device count.
   env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   if cache_dir:
     env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

@@ -9,7 +9,6 @@ from absl import app
 
 from avcl import main as main_lib
 from configs import test_tiny
-from tests import xla_test_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +63,7 @@ def test_bad_override_fails_before_compiling(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "avcl.main", "--config", os.path.join(REPO, "configs", "test_tiny.py"),
        "--workdir", str(work), "--config.augment.mix.max_weight=0.7", "--config.train.global_batch_size=30"],
-      env=dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=xla_test_flags.xla_flags(8),
+      env=dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
   assert out.returncode == 1, out.stderr[-2000:]
   assert "augment.mix.max_weight=0.7 must be a finite number in [0, 0.5]" in out.stderr
@@ -134,7 +133,7 @@ def test_changed_config_on_resume_exits_1_naming_the_field_unless_allowed(tmp_pa
   cmd = [sys.executable, "-m", "avcl.main", "--config", os.path.join(REPO, "configs", "test_tiny.py"),
          "--workdir", str(work), f"--config.data.root={data}", "--config.data.generate_if_missing=False",
          "--config.audio.n_mels=32"]
-  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=xla_test_flags.xla_flags(8),
+  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 1, out.stderr[-2000:]

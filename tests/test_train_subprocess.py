@@ -15,7 +15,7 @@ import pytest
 
 from avcl import checkpoints, exit_codes, train
 from launch import sweep
-from tests import test_train, tiny_data, xla_test_flags
+from tests import test_train, tiny_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def env():
   e = dict(os.environ)
-  e.update(XLA_FLAGS=xla_test_flags.xla_flags(8), JAX_PLATFORMS="cpu",
+  e.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
            JAX_COMPILATION_CACHE_DIR=tiny_data.JAX_CACHE_DIR,
            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
   return e
