@@ -7,8 +7,27 @@ never take an accelerator from JAX. Everything in `avcl`, `data_pipeline` and `l
 from __future__ import annotations
 
 import os
+import sys
 
 _TF = None
+
+
+def _import_tensorflow_without_keras():
+  """`import tensorflow`, minus the eager import of Keras that TensorFlow's __init__ attempts.
+
+  TensorFlow imports `keras.src.optimizers` at import time (inside a try/except ImportError, for Keras's
+  SavedModel registrations) and, with it, Keras and its backends: about 2 of TensorFlow's 8-10 s import on a
+  2-core machine (2026-12-03), paid by every avcl process, while avcl uses no Keras. Keras is hidden from
+  that one import only; `tf.keras` stays TensorFlow's lazy loader and `import keras` works afterwards."""
+  hidden = "keras" not in sys.modules
+  if hidden:
+    sys.modules["keras"] = None  # An import of keras (or a submodule) raises ImportError meanwhile.
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  finally:
+    if hidden and sys.modules.get("keras", 0) is None:
+      del sys.modules["keras"]
+  return tf
 
 
 def import_tf():
@@ -18,7 +37,7 @@ def import_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Deferred on purpose: TensorFlow takes seconds to import, and `--help`, `paths.is_remote` and the
     # numpy-only readers must not pay for it.
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf = _import_tensorflow_without_keras()
     try:
       tf.config.set_visible_devices([], "GPU")
     except RuntimeError:
