@@ -26,6 +26,29 @@ def _jax_compilation_cache():
     yield
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compile(request):
+  """Test modules marked fast_compile compile with `jax_disable_most_optimizations` (LLVM at -O0 without its
+  expensive passes; XLA's HLO passes, fusion, layouts, sharding and the convolution library choice still
+  run, so the tests check the HLO programs users run, with less optimised kernel code).
+
+  For modules that compile many programs and run each once or twice on tiny inputs, where compiling is most
+  of the time. Not suite-wide: the evaluation tests run thousands of probe steps, which -O0 slows more than
+  it speeds their compiles (a suite-wide run measured 1615 against 1614 s, 2026-12-03). The flag is part of
+  the persistent cache's key, so executables of either kind never mix there. Module-scoped, so that a module's
+  own fixtures (a reference run that a test compares to the bit) compile like its tests."""
+  if request.node.get_closest_marker("fast_compile") is None or importlib.util.find_spec("jax") is None:
+    yield
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
 def pytest_collection_modifyitems(config, items):
   """Under pytest-xdist (AVCL_TEST_WORKERS in scripts/test.sh), tests that start several JAX processes share one
   worker, so two such groups never run at once: each wants every core, and gloo gives up on a peer that

@@ -9,6 +9,9 @@ import pytest
 from avcl import augment, frontend, sharding
 from configs.default import get_config
 
+# Compile-bound: many small programs, each run once or twice (tests/conftest.py).
+pytestmark = pytest.mark.fast_compile
+
 B = 16
 
 

@@ -11,6 +11,9 @@ from jax.test_util import check_grads
 from avcl import config_validation, losses
 from configs import default as default_config
 
+# Compile-bound: many small programs, each run once or twice (tests/conftest.py).
+pytestmark = pytest.mark.fast_compile
+
 
 def _emb(b, d, seed=0, corr=2.0):
   """Three L2-normalised embeddings [b, d] with correlated positives (so top-1 is neither 0 nor 1)."""

@@ -15,6 +15,9 @@ from avcl.models.conv import ConvImpl
 from avcl.models.tsm_resnet import TSMResNet, stem_downsampling, temporal_shift
 from configs.default import get_config
 
+# Compile-bound: many small programs, each run once or twice (tests/conftest.py).
+pytestmark = pytest.mark.fast_compile
+
 SR = 16000
 
 
