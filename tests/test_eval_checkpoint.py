@@ -1,4 +1,6 @@
 """Evaluation and HEAR from a real orbax checkpoint (avcl.checkpoints layout); CLI; mismatch errors."""
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -42,18 +44,30 @@ def run_dir(tmp_path_factory):
   return workdir, config, model
 
 
-def test_evaluate_from_checkpoint_and_cli(run_dir, capsys, tmp_path):
+@pytest.fixture(scope="module")
+def evaluated(run_dir):
+  """runner.evaluate's results on run_dir and what it printed (evaluated once: ~10 s on 2 cores)."""
+  workdir, _, _ = run_dir
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    results = runner.evaluate(workdir, progress=False)
+  return results, out.getvalue()
+
+
+def test_evaluate_from_checkpoint_and_cli(run_dir, evaluated, tmp_path):
   workdir, config, _ = run_dir
-  results = runner.evaluate(workdir, progress=False)
+  results, printed = evaluated
   assert results["checkpoint_step"] == 5
   assert results["tasks"]["keyword"]["n_train"] == 16
   with open(os.path.join(workdir, "eval", "results.json")) as f:
     assert json.load(f) == results
-  assert "| keyword | accuracy | 16 | 8 |" in capsys.readouterr().out
-  # The CLI: the MLP probe, an explicit step; on a run without baselines, since the MLP probe's grid is three
-  # times the suite's slowest in-process work with them (about 60 s on 2 cores).
+  assert "| keyword | accuracy | 16 | 8 |" in printed
+  # The CLI: the MLP probe, an explicit step; on a run without baselines and with a narrow hidden layer, since
+  # the MLP probe's grid (9 settings x 2000 Adam steps) is the suite's slowest in-process work: about 60 s on
+  # 2 cores with the baselines, 20 s without them at the default 512 hidden units (2026-12-03).
   mlp_run, mlp_config = str(tmp_path / "mlp"), config.copy_and_resolve_references()
   mlp_config.eval.baselines = ()
+  mlp_config.eval.mlp_hidden = 16
   write_checkpoint(mlp_run, mlp_config)
   assert cli.main(["--workdir", mlp_run, "--probe", "mlp", "--step", "5", "--no_progress"]) == 0
   details = json.load(open(os.path.join(mlp_run, "eval", "details.json")))
@@ -61,7 +75,7 @@ def test_evaluate_from_checkpoint_and_cli(run_dir, capsys, tmp_path):
   assert set(details["tasks"]["keyword"]["probes"]) == {"pretrained"}
 
 
-def test_old_layout_checkpoint_evaluates_as_the_new_one(run_dir, tmp_path):
+def test_old_layout_checkpoint_evaluates_as_the_new_one(run_dir, evaluated, tmp_path):
   """A checkpoint of the older train-state layout ({"model": whole nnx state, ...}) still evaluates: the same
   model, the same results."""
   workdir, config, model = run_dir
@@ -76,7 +90,7 @@ def test_old_layout_checkpoint_evaluates_as_the_new_one(run_dir, tmp_path):
   assert jax.tree.structure(want) == jax.tree.structure(got)
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)))
   results = runner.evaluate(old, progress=False)
-  assert results["tasks"] == runner.evaluate(workdir, progress=False)["tasks"]
+  assert results["tasks"] == evaluated[0]["tasks"]
 
 
 def test_cli_help():
