@@ -41,6 +41,15 @@ if [ "${AVCL_BEAM_TESTS:-1}" != 0 ] && { [ ${#beam_paths[@]} -gt 0 ] || [ ${#pat
   [ ${#beam_paths[@]} -gt 0 ] || beam_paths=("$BEAM_TESTS")
 fi
 status=0
+# The Beam venv installs (pip: about 80 s on a 2-core machine, 2026-12-03) while the main suite runs, at a
+# lower priority: the suite, mostly single-threaded compiles, leaves much of the second core idle.
+beam_setup_pid="" beam_setup_log=""
+if [ $run_beam = 1 ] && [ $run_main = 1 ]; then
+  beam_setup_log=$(mktemp)
+  nice -n 10 bash scripts/setup_beam.sh > "$beam_setup_log" 2>&1 &
+  beam_setup_pid=$!
+  trap 'kill "$beam_setup_pid" 2>/dev/null || true; rm -f "$beam_setup_log"' EXIT
+fi
 if [ $run_main = 1 ]; then
   # The Beam tests would only skip in .venv: left out there when they run below.
   ignore=()
@@ -50,7 +59,17 @@ if [ $run_main = 1 ]; then
   .venv/bin/python -m pytest "${xdist[@]}" "${ignore[@]}" "${opts[@]}" "${paths[@]}" || status=$?
 fi
 if [ $run_beam = 1 ]; then
-  bash scripts/setup_beam.sh
+  if [ -n "$beam_setup_pid" ]; then
+    setup_status=0
+    wait "$beam_setup_pid" || setup_status=$?
+    cat "$beam_setup_log"
+    if [ $setup_status != 0 ]; then
+      echo "scripts/test.sh: scripts/setup_beam.sh failed (exit $setup_status); the Beam tests did not run" >&2
+      exit $setup_status
+    fi
+  else
+    bash scripts/setup_beam.sh
+  fi
   beam_status=0
   .venv-beam/bin/python -m pytest "${opts[@]}" "${beam_paths[@]}" || beam_status=$?
   # 5: nothing collected (a -k or -m that selects no Beam test) is not a failure.
