@@ -55,7 +55,10 @@ if [ $run_main = 1 ]; then
   ignore=()
   [ $run_beam = 0 ] || ignore=(--ignore="$BEAM_TESTS")
   xdist=()
-  [ "$workers" = 0 ] || xdist=(-n "$workers" --dist loadgroup --max-worker-restart=0)
+  # --capture=sys: output written to file descriptors (XLA's and TensorFlow's C++ logging) reaches the log
+  # uncaptured, so that a worker that aborts inside XLA leaves XLA's own message (the cause of the one abort
+  # on record was never seen: fd capture kept it in a temporary file that died with the worker).
+  [ "$workers" = 0 ] || xdist=(-n "$workers" --dist loadgroup --max-worker-restart=0 --capture=sys)
   .venv/bin/python -m pytest "${xdist[@]}" "${ignore[@]}" "${opts[@]}" "${paths[@]}" || status=$?
 fi
 if [ $run_beam = 1 ]; then
