@@ -16,8 +16,8 @@ def _import_tensorflow_without_keras():
   """`import tensorflow`, minus the eager import of Keras that TensorFlow's __init__ attempts.
 
   TensorFlow imports `keras.src.optimizers` at import time (inside a try/except ImportError, for Keras's
-  SavedModel registrations) and, with it, Keras and its backends: about 2 of TensorFlow's 8-10 s import on a
-  2-core machine (2026-12-03), paid by every avcl process, while avcl uses no Keras. Keras is hidden from
+  SavedModel registrations) and, with it, Keras and its backends: 2-3 s of the 8-11 s that importing TensorFlow
+  took on a 2-core machine (2026-12-03), paid by every avcl process, while avcl uses no Keras. Keras is hidden from
   that one import only; `tf.keras` stays TensorFlow's lazy loader and `import keras` works afterwards."""
   hidden = "keras" not in sys.modules
   if hidden:

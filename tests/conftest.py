@@ -35,8 +35,10 @@ def _fast_compile(request):
   For modules that compile many programs and run each once or twice on tiny inputs, where compiling is most
   of the time. Not suite-wide: the evaluation tests run thousands of probe steps, which -O0 slows more than
   it speeds their compiles (a suite-wide run measured 1615 against 1614 s, 2026-12-03). The flag is part of
-  the persistent cache's key, so executables of either kind never mix there. Module-scoped, so that a module's
-  own fixtures (a reference run that a test compares to the bit) compile like its tests."""
+  the persistent cache's key (checked: the same program got two keys), but not of a jitted function's
+  in-memory cache, so a function jitted once at module level (a probe's solver, say) keeps whichever
+  executable it compiled first for a shape. Module-scoped, so that a module's own fixtures (a reference run
+  that a test compares to the bit) compile like its tests."""
   if request.node.get_closest_marker("fast_compile") is None or importlib.util.find_spec("jax") is None:
     yield
     return
