@@ -73,6 +73,7 @@ def test_evaluate_from_checkpoint_and_cli(run_dir, evaluated, tmp_path):
   details = json.load(open(os.path.join(mlp_run, "eval", "details.json")))
   assert details["probe"] == "mlp" and details["checkpoint_step"] == 5
   assert set(details["tasks"]["keyword"]["probes"]) == {"pretrained"}
+  assert details["tasks"]["keyword"]["probes"]["pretrained"]["hparams"]["hidden"] == 16  # The config's width.
 
 
 def test_old_layout_checkpoint_evaluates_as_the_new_one(run_dir, evaluated, tmp_path):
